@@ -1,0 +1,10 @@
+//! The partition log: Kafka's on-disk format (record batch v2 segments with
+//! sparse offset and time indexes), crash recovery, retention.
+
+pub mod batch;
+pub mod index;
+pub mod checkpoint;
+pub mod log;
+pub mod segment;
+
+pub use log::{AppendInfo, FlushPolicy, Log, LogConfig, LogError, ReadResult, RecoveryReport};

@@ -1,0 +1,427 @@
+//! One segment: a data file of record batches starting at `base_offset`,
+//! with its offset and time indexes. Files are named as Kafka names them,
+//! after the base offset padded to 20 digits.
+
+use super::batch::{self, BatchError, BatchHeader, LOG_OVERHEAD};
+use super::index::{OffsetIndex, TimeIndex, OFFSET_ENTRY, TIME_ENTRY};
+use crate::io::disk::{DiskError, DiskFile};
+
+/// How many times a read that fails its checksum is repeated before the
+/// data is declared corrupt: a flip on the way from the disk is transient,
+/// rot on the platter is not.
+pub const READ_RETRIES: usize = 3;
+
+pub fn data_name(base: i64) -> String {
+    format!("{base:020}.log")
+}
+pub fn index_name(base: i64) -> String {
+    format!("{base:020}.index")
+}
+pub fn time_index_name(base: i64) -> String {
+    format!("{base:020}.timeindex")
+}
+
+/// The base offset a data file's name encodes, if it is one of ours.
+pub fn parse_data_name(name: &str) -> Option<i64> {
+    let stem = name.strip_suffix(".log")?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+/// Why a scan of a data file stopped before its end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ScanStop {
+    Invalid { position: u64, error: BatchError },
+    /// A batch whose offsets do not follow the ones before it.
+    OutOfOrder { position: u64, base_offset: i64, expected_at_least: i64 },
+    Io { position: u64, error: DiskError },
+}
+
+impl std::fmt::Display for ScanStop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ScanStop::Invalid { position, error } => write!(f, "invalid batch at byte {position}: {error}"),
+            ScanStop::OutOfOrder {
+                position,
+                base_offset,
+                expected_at_least,
+            } => write!(
+                f,
+                "batch at byte {position} has base offset {base_offset}, expected at least {expected_at_least}"
+            ),
+            ScanStop::Io { position, error } => write!(f, "read failed at byte {position}: {error}"),
+        }
+    }
+}
+
+pub struct Segment<F> {
+    pub base_offset: i64,
+    pub data: F,
+    pub index_file: F,
+    pub time_file: F,
+    /// Bytes of valid batches in the data file.
+    pub size: u64,
+    /// The offset after the last batch (the base offset if empty).
+    pub next_offset: i64,
+    /// Largest timestamp of any batch, -1 if none.
+    pub max_timestamp: i64,
+    /// The first batch's max timestamp, from which `segment.ms` is counted
+    /// (Kafka's rolling-based timestamp).
+    pub first_timestamp: Option<i64>,
+    pub index: OffsetIndex,
+    pub time_index: TimeIndex,
+    bytes_since_index: u64,
+    /// Index entries already written to their files.
+    index_written: usize,
+    time_written: usize,
+    /// Some write since the last sync of any of the three files.
+    pub dirty: bool,
+}
+
+/// A batch header found by scanning, with where it sits.
+#[derive(Clone, Copy, Debug)]
+pub struct Located {
+    pub position: u64,
+    pub header: BatchHeader,
+}
+
+impl<F: DiskFile> Segment<F> {
+    pub fn new(base_offset: i64, data: F, index_file: F, time_file: F) -> Segment<F> {
+        Segment {
+            base_offset,
+            data,
+            index_file,
+            time_file,
+            size: 0,
+            next_offset: base_offset,
+            max_timestamp: -1,
+            first_timestamp: None,
+            index: OffsetIndex::default(),
+            time_index: TimeIndex::default(),
+            bytes_since_index: 0,
+            index_written: 0,
+            time_written: 0,
+            dirty: false,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+
+    fn rel(&self, offset: i64) -> u32 {
+        (offset - self.base_offset) as u32
+    }
+
+    /// Whether a batch ending at `last_offset` still fits this segment's
+    /// 32-bit relative offsets.
+    pub fn can_hold(&self, last_offset: i64) -> bool {
+        last_offset - self.base_offset <= u32::MAX as i64 && last_offset >= self.base_offset
+    }
+
+    /// Notes a batch at `position` in the in-memory state and indexes. Does
+    /// not touch the data file.
+    fn account(&mut self, position: u64, h: &BatchHeader, index_interval: u64, force_index: bool) {
+        let size = h.total_size() as u64;
+        if self.first_timestamp.is_none() {
+            self.first_timestamp = Some(h.max_timestamp);
+        }
+        if h.max_timestamp > self.max_timestamp {
+            self.max_timestamp = h.max_timestamp;
+        }
+        if self.index.is_empty() || self.bytes_since_index >= index_interval || force_index {
+            self.index.push(self.rel(h.base_offset), position as u32);
+            self.time_index.push(self.max_timestamp, self.rel(h.last_offset()));
+            self.bytes_since_index = 0;
+        }
+        self.bytes_since_index += size;
+        self.size = position + size;
+        self.next_offset = h.next_offset();
+    }
+
+    /// Writes a batch (offsets already assigned) at the end of the data
+    /// file. On error nothing in memory changes; the file may hold a partial
+    /// write past `size`, which the next append overwrites and recovery cuts.
+    pub fn append(
+        &mut self,
+        bytes: &[u8],
+        h: &BatchHeader,
+        index_interval: u64,
+        force_index: bool,
+    ) -> Result<(), DiskError> {
+        let position = self.size;
+        self.data.write_at(position, bytes)?;
+        self.dirty = true;
+        self.account(position, h, index_interval, force_index);
+        Ok(())
+    }
+
+    /// Mirrors index entries not yet in their files. Index files are hints,
+    /// so a crash that loses these writes costs a rebuild, nothing more.
+    pub fn write_indexes(&mut self) -> Result<(), DiskError> {
+        let entries = &self.index.entries()[self.index_written..];
+        if !entries.is_empty() {
+            let bytes: Vec<u8> = entries
+                .iter()
+                .flat_map(|&(o, p)| OffsetIndex::encode_entry(o, p))
+                .collect();
+            self.index_file
+                .write_at((self.index_written * OFFSET_ENTRY) as u64, &bytes)?;
+            self.index_written = self.index.len();
+            self.dirty = true;
+        }
+        let entries = &self.time_index.entries()[self.time_written..];
+        if !entries.is_empty() {
+            let bytes: Vec<u8> = entries
+                .iter()
+                .flat_map(|&(t, o)| TimeIndex::encode_entry(t, o))
+                .collect();
+            self.time_file
+                .write_at((self.time_written * TIME_ENTRY) as u64, &bytes)?;
+            self.time_written = self.time_index.len();
+            self.dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Rewrites both index files from memory, cutting anything beyond.
+    pub fn rewrite_indexes(&mut self) -> Result<(), DiskError> {
+        self.index_written = 0;
+        self.time_written = 0;
+        self.index_file.truncate(0)?;
+        self.time_file.truncate(0)?;
+        self.write_indexes()?;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Syncs data then indexes.
+    pub fn sync(&mut self) -> Result<(), DiskError> {
+        if self.dirty {
+            self.write_indexes()?;
+            self.data.sync()?;
+            self.index_file.sync()?;
+            self.time_file.sync()?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Reads `len` bytes at `pos`, validating the batches in them; repeats
+    /// the read if a checksum fails, so that a transient flip is not mistaken
+    /// for rot. Returns the bytes and the batches' headers; the bytes cover
+    /// whole batches only. `Err` only if the *first* batch stays invalid.
+    pub fn read_batches(
+        &self,
+        pos: u64,
+        len: usize,
+    ) -> Result<(Vec<u8>, Vec<BatchHeader>), ScanStop> {
+        let mut last_err = None;
+        for _ in 0..READ_RETRIES {
+            let mut buf = self
+                .data
+                .read_exact_at(pos, len)
+                .map_err(|error| ScanStop::Io { position: pos, error })?;
+            let mut headers = Vec::new();
+            let mut good = 0usize;
+            let mut failed = None;
+            for b in batch::Batches::new(&buf) {
+                match b {
+                    Ok(b) => {
+                        headers.push(b.header);
+                        good = b.position + b.bytes.len();
+                    }
+                    Err(error) => {
+                        failed = Some(error);
+                        break;
+                    }
+                }
+            }
+            // A later batch failing is left for the read that starts there.
+            if !headers.is_empty() {
+                buf.truncate(good);
+                return Ok((buf, headers));
+            }
+            last_err = Some(ScanStop::Invalid {
+                position: pos,
+                error: failed.unwrap_or(BatchError::Truncated { have: len, need: len + 1 }),
+            });
+        }
+        Err(last_err.expect("READ_RETRIES > 0"))
+    }
+
+    /// Reads one batch header at `pos` without trusting it beyond its
+    /// length's plausibility: for locating, not for serving.
+    fn header_at(&self, pos: u64) -> Result<BatchHeader, ScanStop> {
+        let buf = self
+            .data
+            .read_exact_at(pos, batch::HEADER_SIZE)
+            .map_err(|error| ScanStop::Io { position: pos, error })?;
+        batch::claimed_size(&buf).map_err(|error| ScanStop::Invalid { position: pos, error })?;
+        BatchHeader::parse(&buf).map_err(|error| ScanStop::Invalid { position: pos, error })
+    }
+
+    /// The batch holding `offset` (the first whose last offset is at least
+    /// `offset`), found from the index and a walk over headers. A header
+    /// that makes no sense sends the walk back to the segment's start once,
+    /// in case the index entry was the thing that was wrong.
+    pub fn locate(&self, offset: i64) -> Result<Option<Located>, ScanStop> {
+        if offset >= self.next_offset || self.size == 0 {
+            return Ok(None);
+        }
+        let start = self
+            .index
+            .floor(self.rel(offset.max(self.base_offset)))
+            .map_or(0, |(_, p)| p as u64);
+        match self.walk(start, offset) {
+            Ok(found) => Ok(found),
+            Err(_) if start != 0 => self.walk(0, offset),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn walk(&self, mut pos: u64, offset: i64) -> Result<Option<Located>, ScanStop> {
+        let mut prev_next = i64::MIN;
+        while pos < self.size {
+            let h = self.header_at(pos)?;
+            if h.base_offset < prev_next || h.base_offset < self.base_offset {
+                return Err(ScanStop::OutOfOrder {
+                    position: pos,
+                    base_offset: h.base_offset,
+                    expected_at_least: prev_next.max(self.base_offset),
+                });
+            }
+            if h.last_offset() >= offset {
+                return Ok(Some(Located { position: pos, header: h }));
+            }
+            prev_next = h.next_offset();
+            pos += h.total_size() as u64;
+        }
+        Ok(None)
+    }
+
+    /// Walks every batch from `from` (a batch boundary), validating each
+    /// fully, and rebuilds the in-memory state from what it finds. Stops at
+    /// the first batch that is not valid (returned with the state covering
+    /// everything before it). Used by recovery.
+    pub fn recover_from(
+        &mut self,
+        from: u64,
+        min_next: i64,
+        index_interval: u64,
+    ) -> (u64, Option<ScanStop>) {
+        let file_len = match self.data.len() {
+            Ok(l) => l,
+            Err(error) => return (0, Some(ScanStop::Io { position: from, error })),
+        };
+        let mut pos = from;
+        let mut batches = 0u64;
+        let mut expected = min_next.max(self.base_offset);
+        while pos < file_len {
+            let rest = file_len - pos;
+            if rest < LOG_OVERHEAD as u64 {
+                return (
+                    batches,
+                    Some(ScanStop::Invalid {
+                        position: pos,
+                        error: BatchError::Truncated { have: rest as usize, need: LOG_OVERHEAD },
+                    }),
+                );
+            }
+            let total = match self.data.read_exact_at(pos, LOG_OVERHEAD) {
+                Ok(p) => match batch::claimed_size(&p) {
+                    Ok(t) => t,
+                    Err(error) => return (batches, Some(ScanStop::Invalid { position: pos, error })),
+                },
+                Err(error) => return (batches, Some(ScanStop::Io { position: pos, error })),
+            };
+            if total as u64 > rest {
+                return (
+                    batches,
+                    Some(ScanStop::Invalid {
+                        position: pos,
+                        error: BatchError::Truncated { have: rest as usize, need: total },
+                    }),
+                );
+            }
+            let h = match self.read_batches(pos, total) {
+                Ok((_, hs)) => hs[0],
+                Err(stop) => return (batches, Some(stop)),
+            };
+            if h.base_offset < expected || !self.can_hold(h.last_offset()) {
+                return (
+                    batches,
+                    Some(ScanStop::OutOfOrder {
+                        position: pos,
+                        base_offset: h.base_offset,
+                        expected_at_least: expected,
+                    }),
+                );
+            }
+            self.account(pos, &h, index_interval, false);
+            expected = h.next_offset();
+            pos += total as u64;
+            batches += 1;
+        }
+        (batches, None)
+    }
+
+    /// Cuts the segment so that it ends just before the batch at `position`
+    /// (which must be a batch boundary known to this segment), with
+    /// `next_offset` as its new end.
+    pub fn truncate_at(&mut self, position: u64, index_interval: u64) -> Result<(), DiskError> {
+        self.data.truncate(position)?;
+        self.dirty = true;
+        // Timestamps of what remains are not all in the sparse indexes, so
+        // the kept part is rescanned: truncation is rare (a follower whose
+        // log diverged), correctness of retention by time is not optional.
+        self.reset();
+        if let (_, Some(stop)) = self.recover_from(0, self.base_offset, index_interval) {
+            return Err(DiskError::Io(format!(
+                "segment {} unreadable after truncation: {stop}",
+                self.base_offset
+            )));
+        }
+        self.rewrite_indexes()
+    }
+
+    /// Called when the segment stops being the active one: a final time
+    /// index entry, as Kafka writes, so that its largest timestamp can be
+    /// read back from the index after a restart without a scan.
+    pub fn seal(&mut self) -> Result<(), DiskError> {
+        if self.size > 0 {
+            self.time_index
+                .push(self.max_timestamp, self.rel(self.next_offset - 1));
+        }
+        self.write_indexes()
+    }
+
+    /// Resets the in-memory state so that `recover_from(0, ..)` can rebuild it.
+    pub fn reset(&mut self) {
+        self.size = 0;
+        self.next_offset = self.base_offset;
+        self.max_timestamp = -1;
+        self.first_timestamp = None;
+        self.index = OffsetIndex::default();
+        self.time_index = TimeIndex::default();
+        self.bytes_since_index = 0;
+        self.index_written = 0;
+        self.time_written = 0;
+    }
+
+    /// Adopts indexes loaded from their files for a segment that recovery
+    /// trusts (wholly below the recovery point).
+    pub fn adopt_indexes(&mut self, index: OffsetIndex, time_index: TimeIndex, size: u64, next_offset: i64) {
+        self.size = size;
+        self.next_offset = next_offset;
+        self.max_timestamp = time_index.last().map_or(-1, |(t, _)| t);
+        self.first_timestamp = time_index.entries().first().map(|e| e.0);
+        self.index_written = index.len();
+        self.time_written = time_index.len();
+        self.index = index;
+        self.time_index = time_index;
+        self.bytes_since_index = 0;
+    }
+}
