@@ -2,13 +2,17 @@
 //! (write a temporary file, sync, rename, sync the directory).
 //!
 //! * `leader-epoch-checkpoint` — Kafka's format: a version line (`0`), a
-//!   count line, then one `epoch start_offset` line per leader epoch.
-//! * `partition.checkpoint` — the recovery point (offsets below it were
-//!   synced, so recovery need not scan them) and the log start offset. Kafka
-//!   keeps these two per log directory in two files; Odradek keeps them per
-//!   partition so that each partition recovers on its own, and adds a CRC so
-//!   that a damaged checkpoint is noticed and recovery falls back to a full
-//!   scan instead of trusting it.
+//!   count line, then one `epoch start_offset` line per leader epoch — plus
+//!   a final `crc` line, which Kafka's file lacks: a flipped digit there can
+//!   leave a file that still parses and is wrong, and the simulator showed
+//!   it. When the check fails, recovery rebuilds the cache from the batches.
+//! * `partition.checkpoint.a` and `.b` — two copies of the recovery point
+//!   (offsets below it were synced, so recovery need not scan them), the log
+//!   start offset, and a sequence number; recovery uses the newest copy
+//!   whose CRC holds. Kafka keeps the first two per log directory in single
+//!   files; Odradek keeps them per partition so that each partition recovers
+//!   on its own, and twice, because the log start offset exists nowhere
+//!   else and must not move back when one copy rots.
 
 use std::fmt::Write as _;
 
@@ -59,6 +63,12 @@ impl LeaderEpochCache {
         Some((found, end))
     }
 
+    /// The epoch of the batch starting at `offset`, if the cache covers it.
+    pub fn epoch_for(&self, offset: i64) -> Option<i32> {
+        let i = self.entries.partition_point(|&(_, o)| o <= offset);
+        i.checked_sub(1).map(|i| self.entries[i].0)
+    }
+
     /// Drops epochs that start at or after `end` (the log was truncated).
     pub fn truncate_from_end(&mut self, end: i64) -> bool {
         let before = self.entries.len();
@@ -85,12 +95,12 @@ impl LeaderEpochCache {
         for (e, o) in &self.entries {
             let _ = writeln!(s, "{e} {o}");
         }
-        s.into_bytes()
+        seal(s)
     }
 
     /// Parses the file strictly: anything off is an error, not a guess.
     pub fn decode(bytes: &[u8]) -> Result<LeaderEpochCache, String> {
-        let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
+        let text = unseal(bytes)?;
         let mut lines = text.lines();
         if lines.next() != Some("0") {
             return Err("unknown leader-epoch-checkpoint version".into());
@@ -116,32 +126,44 @@ impl LeaderEpochCache {
     }
 }
 
-/// What `partition.checkpoint` records.
+/// Appends a `crc` line covering everything before it.
+fn seal(body: String) -> Vec<u8> {
+    let crc = crc32c::crc32c(body.as_bytes());
+    format!("{body}crc {crc:08x}\n").into_bytes()
+}
+
+/// Checks and strips the `crc` line.
+fn unseal(bytes: &[u8]) -> Result<&str, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
+    let crc_at = text.rfind("crc ").ok_or("no crc line")?;
+    let (body, crc_line) = text.split_at(crc_at);
+    let stored = u32::from_str_radix(crc_line.trim_start_matches("crc ").trim_end(), 16)
+        .map_err(|_| "bad crc line")?;
+    if !crc_line.ends_with('\n') || crc_line.len() != 13 || crc32c::crc32c(body.as_bytes()) != stored {
+        return Err("checksum mismatch".into());
+    }
+    Ok(body)
+}
+
+/// What `partition.checkpoint.{a,b}` record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PartitionCheckpoint {
     pub recovery_point: i64,
     pub log_start_offset: i64,
+    /// Written copies count up; the newest valid copy wins.
+    pub sequence: u64,
 }
 
 impl PartitionCheckpoint {
     pub fn encode(&self) -> Vec<u8> {
-        let body = format!(
-            "odradek-partition-checkpoint 1\nrecovery_point {}\nlog_start_offset {}\n",
-            self.recovery_point, self.log_start_offset
-        );
-        let crc = crc32c::crc32c(body.as_bytes());
-        format!("{body}crc {crc:08x}\n").into_bytes()
+        seal(format!(
+            "odradek-partition-checkpoint 1\nsequence {}\nrecovery_point {}\nlog_start_offset {}\n",
+            self.sequence, self.recovery_point, self.log_start_offset
+        ))
     }
 
     pub fn decode(bytes: &[u8]) -> Result<PartitionCheckpoint, String> {
-        let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
-        let crc_at = text.rfind("crc ").ok_or("no crc line")?;
-        let (body, crc_line) = text.split_at(crc_at);
-        let stored = u32::from_str_radix(crc_line.trim_start_matches("crc ").trim_end(), 16)
-            .map_err(|_| "bad crc line")?;
-        if crc32c::crc32c(body.as_bytes()) != stored {
-            return Err("checksum mismatch".into());
-        }
+        let body = unseal(bytes)?;
         let mut lines = body.lines();
         if lines.next() != Some("odradek-partition-checkpoint 1") {
             return Err("unknown checkpoint version".into());
@@ -150,17 +172,20 @@ impl PartitionCheckpoint {
             lines
                 .next()
                 .and_then(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().parse().ok())
+                .and_then(|v| v.strip_prefix(' '))
+                .and_then(|v| v.parse().ok())
                 .ok_or_else(|| format!("bad {name} line"))
         };
+        let sequence = field("sequence")?;
         let recovery_point = field("recovery_point")?;
         let log_start_offset = field("log_start_offset")?;
-        if recovery_point < 0 || log_start_offset < 0 {
-            return Err("negative offset".into());
+        if recovery_point < 0 || log_start_offset < 0 || sequence < 0 {
+            return Err("negative field".into());
         }
         Ok(PartitionCheckpoint {
             recovery_point,
             log_start_offset,
+            sequence: sequence as u64,
         })
     }
 }
@@ -183,6 +208,10 @@ mod tests {
         assert_eq!(c.end_offset_for(2, 50), Some((1, 10)));
         assert_eq!(c.end_offset_for(3, 50), Some((3, 30)));
         assert_eq!(c.end_offset_for(9, 50), Some((5, 50)));
+        assert_eq!(c.epoch_for(-1), None);
+        assert_eq!(c.epoch_for(9), Some(1));
+        assert_eq!(c.epoch_for(10), Some(3));
+        assert_eq!(c.epoch_for(1000), Some(5));
         assert!(c.truncate_from_end(30));
         assert_eq!(c.entries(), &[(1, 0), (3, 10)]);
         assert!(c.truncate_from_start(12));
@@ -196,12 +225,19 @@ mod tests {
         c.assign(0, 0);
         c.assign(7, 100);
         let bytes = c.encode();
-        assert_eq!(bytes, b"0\n2\n0 0\n7 100\n");
+        assert!(bytes.starts_with(b"0\n2\n0 0\n7 100\ncrc "), "Kafka's layout, then a crc line");
         assert_eq!(LeaderEpochCache::decode(&bytes).unwrap(), c);
-        assert!(LeaderEpochCache::decode(b"0\n3\n0 0\n7 100\n").is_err());
-        assert!(LeaderEpochCache::decode(b"0\n2\n7 100\n0 0\n").is_err());
-        assert!(LeaderEpochCache::decode(b"1\n0\n").is_err());
-        assert!(LeaderEpochCache::decode(b"0\n1\n0 0\n5 5\n").is_err());
+        let sealed = |body: &str| seal(body.to_string());
+        assert!(LeaderEpochCache::decode(&sealed("0\n3\n0 0\n7 100\n")).is_err());
+        assert!(LeaderEpochCache::decode(&sealed("0\n2\n7 100\n0 0\n")).is_err());
+        assert!(LeaderEpochCache::decode(&sealed("1\n0\n")).is_err());
+        assert!(LeaderEpochCache::decode(&sealed("0\n1\n0 0\n5 5\n")).is_err());
+        assert!(LeaderEpochCache::decode(b"0\n2\n0 0\n7 100\n").is_err(), "no crc line");
+        // The flip the simulator found: a digit that still parses.
+        let mut flipped = bytes.clone();
+        let at = flipped.iter().position(|&b| b == b'7').unwrap();
+        flipped[at] = b'9';
+        assert!(LeaderEpochCache::decode(&flipped).is_err());
     }
 
     #[test]
@@ -209,6 +245,7 @@ mod tests {
         let cp = PartitionCheckpoint {
             recovery_point: 1234,
             log_start_offset: 17,
+            sequence: 5,
         };
         let bytes = cp.encode();
         assert_eq!(PartitionCheckpoint::decode(&bytes).unwrap(), cp);

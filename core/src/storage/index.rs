@@ -76,7 +76,7 @@ impl OffsetIndex {
     /// data's size, an offset at or past the segment's end. Trailing zero
     /// entries (Kafka preallocates index files) end the index.
     pub fn decode(bytes: &[u8], data_size: u64, max_rel: u32) -> Result<OffsetIndex, String> {
-        if bytes.len() % OFFSET_ENTRY != 0 {
+        if !bytes.len().is_multiple_of(OFFSET_ENTRY) {
             return Err(format!("offset index length {} is not a multiple of 8", bytes.len()));
         }
         let mut idx = OffsetIndex::default();
@@ -156,7 +156,7 @@ impl TimeIndex {
     }
 
     pub fn decode(bytes: &[u8], max_rel: u32) -> Result<TimeIndex, String> {
-        if bytes.len() % TIME_ENTRY != 0 {
+        if !bytes.len().is_multiple_of(TIME_ENTRY) {
             return Err(format!("time index length {} is not a multiple of 12", bytes.len()));
         }
         let mut idx = TimeIndex::default();

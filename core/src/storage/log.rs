@@ -16,7 +16,8 @@ use super::segment::{self, ScanStop, Segment};
 use crate::buggify::Buggify;
 use crate::io::disk::{self, Disk, DiskError, DiskFile};
 
-pub const PARTITION_CHECKPOINT: &str = "partition.checkpoint";
+/// The two copies of the partition checkpoint.
+pub const PARTITION_CHECKPOINTS: [&str; 2] = ["partition.checkpoint.a", "partition.checkpoint.b"];
 pub const LEADER_EPOCH_CHECKPOINT: &str = "leader-epoch-checkpoint";
 
 /// When the log syncs on its own. Kafka's `flush.messages` / `flush.ms`;
@@ -200,6 +201,7 @@ impl<D: Disk> Log<D> {
             checkpointed: PartitionCheckpoint {
                 recovery_point: 0,
                 log_start_offset: 0,
+                sequence: 0,
             },
             epochs: LeaderEpochCache::default(),
             epochs_dirty: false,
@@ -279,20 +281,25 @@ impl<D: Disk> Log<D> {
             }
         }
 
-        let checkpoint = match disk::read_file(&self.disk, &self.path(PARTITION_CHECKPOINT)) {
-            Ok(bytes) => match PartitionCheckpoint::decode(&bytes) {
-                Ok(cp) => Some(cp),
-                Err(e) => {
-                    report.checkpoint_problem = Some(format!("partition checkpoint unreadable: {e}"));
-                    None
-                }
-            },
-            Err(DiskError::NotFound(_)) => None,
-            Err(e) => {
-                report.checkpoint_problem = Some(format!("partition checkpoint: {e}"));
-                None
+        let mut checkpoint: Option<PartitionCheckpoint> = None;
+        let mut problems = Vec::new();
+        for name in PARTITION_CHECKPOINTS {
+            match disk::read_file(&self.disk, &self.path(name)) {
+                Ok(bytes) => match PartitionCheckpoint::decode(&bytes) {
+                    Ok(cp) if checkpoint.is_none_or(|c| cp.sequence > c.sequence) => checkpoint = Some(cp),
+                    Ok(_) => {}
+                    Err(e) => problems.push(format!("{name} unreadable: {e}")),
+                },
+                Err(DiskError::NotFound(_)) => {}
+                Err(e) => return Err(e),
             }
-        };
+        }
+        if !problems.is_empty() {
+            report.checkpoint_problem = Some(problems.join("; "));
+        }
+        if let Some(cp) = checkpoint {
+            self.checkpointed = cp;
+        }
         report.checkpoint = checkpoint;
         // Without a trustworthy checkpoint every segment is scanned.
         let recovery_point = checkpoint.map_or(0, |c| c.recovery_point);
@@ -305,6 +312,21 @@ impl<D: Disk> Log<D> {
                 self.remove_segment_files(base)?;
                 report.segments_dropped += 1;
                 continue;
+            }
+            // Each segment must start exactly where the one before ends; a
+            // gap means data in between was lost (a segment emptied by a
+            // crash), and nothing after a gap can be offered as the log.
+            if let Some(prev) = self.segments.values().next_back() {
+                if prev.next_offset != base {
+                    report.truncation_reason = Some(format!(
+                        "segment {base} does not follow the previous segment's end {}",
+                        prev.next_offset
+                    ));
+                    cut = true;
+                    self.remove_segment_files(base)?;
+                    report.segments_dropped += 1;
+                    continue;
+                }
             }
             let data = self.disk.open(&self.path(&segment::data_name(base)))?;
             let index = self.open_or_create(&segment::index_name(base))?;
@@ -319,26 +341,38 @@ impl<D: Disk> Log<D> {
                 }
             } else {
                 let min_next = self.segments.values().next_back().map_or(base, |s| s.next_offset);
-                let (n, stop) = seg.recover_from(0, min_next.max(base), interval);
+                let (n, stop) = seg.recover_from(0, min_next.max(base), interval, true);
                 report.batches_scanned += n;
                 if let Some(stop) = stop {
+                    // Only bad data justifies a cut. A disk that refuses
+                    // to read or write says nothing about the data: give
+                    // up on this open and let the operator (or the next
+                    // restart) try again, with the log untouched.
+                    if let ScanStop::Io { error, .. } = stop {
+                        return Err(error);
+                    }
                     let file_len = seg.data.len()?;
                     report.truncated_bytes += file_len - seg.size;
                     report.truncation_reason = Some(format!("segment {base}: {stop}"));
-                    seg.data.truncate(seg.size)?;
                     cut = true;
                 }
+                // Re-issued even when nothing was cut: a truncation whose
+                // fsync failed may be visible now and still undone on the
+                // platter, and would come back at the next power loss.
+                seg.data.truncate(seg.size)?;
                 seg.rewrite_indexes()?;
-            }
-            if seg.is_empty() && (cut || next_base.is_some()) && !self.segments.is_empty() {
-                // An empty segment after a cut holds nothing; drop it.
-                drop(seg);
-                self.remove_segment_files(base)?;
-                continue;
             }
             self.segments.insert(base, seg);
         }
         report.segments = self.segments.len();
+        // All but the last segment are sealed, with their final time index
+        // entry, exactly as if they had been rolled.
+        let last = self.segments.keys().next_back().copied();
+        for (base, seg) in self.segments.iter_mut() {
+            if Some(*base) != last {
+                seg.seal()?;
+            }
+        }
 
         let first_base = self.segments.keys().next().copied();
         self.log_start_offset = checkpoint_start.max(first_base.unwrap_or(checkpoint_start));
@@ -375,13 +409,17 @@ impl<D: Disk> Log<D> {
         };
         let end = self.end_offset();
         self.epochs_dirty |= self.epochs.truncate_from_end(end);
-        self.epochs_dirty |= self.epochs.truncate_from_start(self.log_start_offset);
         let rebuild_from = if self.epochs.entries().is_empty() {
             self.log_start_offset
         } else {
             recovery_point.min(end)
         };
         self.rebuild_epochs_from(rebuild_from, &mut report);
+        // The first batch read may start below the log start; and an epoch
+        // that would start at the very end covers nothing, so the canonical
+        // cache has none (whatever order the truncations came in before).
+        self.epochs_dirty |= self.epochs.truncate_from_start(self.log_start_offset);
+        self.epochs_dirty |= self.epochs.truncate_from_end(end);
 
         report.log_start_offset = self.log_start_offset;
         report.log_end_offset = self.end_offset();
@@ -422,13 +460,16 @@ impl<D: Disk> Log<D> {
         let loaded = OffsetIndex::decode(&index_bytes, size, max_rel)
             .and_then(|i| TimeIndex::decode(&time_bytes, max_rel).map(|t| (i, t)))
             .ok()
-            .filter(|(i, t)| (size == 0 || !i.is_empty()) && (size == 0 || !t.is_empty()));
+            .filter(|(i, t)| size == 0 || (!i.is_empty() && !t.is_empty()));
         if let Some((index, time)) = loaded {
             seg.adopt_indexes(index, time, size, next_base);
             return Ok(true);
         }
-        let (n, stop) = seg.recover_from(0, seg.base_offset, self.config.index_interval_bytes);
+        let (n, stop) = seg.recover_from(0, seg.base_offset, self.config.index_interval_bytes, false);
         report.batches_scanned += n;
+        if let Some(ScanStop::Io { error, .. }) = stop {
+            return Err(error);
+        }
         if let Some(stop) = stop {
             // Synced data that no longer reads back: keep it where it is
             // (the bytes might yet be repaired from a replica) and let reads
@@ -447,7 +488,7 @@ impl<D: Disk> Log<D> {
         let mut offset = from.max(self.log_start_offset);
         let end = self.end_offset();
         while offset < end {
-            match self.read(offset, 1 << 20) {
+            match self.read_checked(offset, 1 << 20, i64::MAX, false) {
                 Ok(r) if !r.batches.is_empty() => {
                     for h in &r.batches {
                         self.epochs_dirty |= self.epochs.assign(h.partition_leader_epoch, h.base_offset);
@@ -707,8 +748,14 @@ impl<D: Disk> Log<D> {
         let cp = PartitionCheckpoint {
             recovery_point: self.recovery_point,
             log_start_offset: self.log_start_offset,
+            sequence: self.checkpointed.sequence + 1,
         };
-        disk::write_file_atomically(&self.disk, &self.path(PARTITION_CHECKPOINT), &cp.encode())?;
+        // Both copies, one after the other: a crash between them leaves one
+        // new and one old, and the sequence number says which is which.
+        let bytes = cp.encode();
+        for name in PARTITION_CHECKPOINTS {
+            disk::write_file_atomically(&self.disk, &self.path(name), &bytes)?;
+        }
         self.checkpointed = cp;
         self.flushes_since_checkpoint = 0;
         Ok(())
@@ -861,6 +908,12 @@ impl<D: Disk> Log<D> {
     /// As [`Log::read`], but no batch starting at or after `upper` (a high
     /// watermark) is returned.
     pub fn read_bounded(&self, offset: i64, max_bytes: usize, upper: i64) -> Result<ReadResult, LogError> {
+        self.read_checked(offset, max_bytes, upper, true)
+    }
+
+    /// `check_epochs` is off only while recovery rebuilds the epoch cache
+    /// from the batches themselves.
+    fn read_checked(&self, offset: i64, max_bytes: usize, upper: i64, check_epochs: bool) -> Result<ReadResult, LogError> {
         self.check_online()?;
         let end = self.end_offset();
         if offset < self.log_start_offset || offset > end {
@@ -891,35 +944,22 @@ impl<D: Disk> Log<D> {
             offset,
             detail: format!("segment {}: {stop}", seg.base_offset),
         };
-        let Some(loc) = seg.locate(offset).map_err(corrupt)? else {
+        let mut attempt = self.read_in_segment(seg, offset, max_bytes, upper, check_epochs);
+        for _ in 1..segment::READ_RETRIES {
+            if attempt.is_ok() {
+                break;
+            }
+            attempt = self.read_in_segment(seg, offset, max_bytes, upper, check_epochs);
+        }
+        let Some((mut bytes, mut batches)) = attempt.map_err(corrupt)? else {
             return Ok(ReadResult::default());
         };
-        if loc.header.base_offset >= upper {
-            return Ok(ReadResult::default());
-        }
-        let first = loc.header.total_size();
-        let available = (seg.size - loc.position) as usize;
-        if first > available {
-            return Err(corrupt(ScanStop::Invalid {
-                position: loc.position,
-                error: BatchError::Truncated { have: available, need: first },
-            }));
-        }
-        let len = max_bytes.max(first).min(available);
-        let (mut bytes, mut batches) = seg.read_batches(loc.position, len).map_err(corrupt)?;
-        if batches[0].base_offset != loc.header.base_offset {
-            return Err(corrupt(ScanStop::OutOfOrder {
-                position: loc.position,
-                base_offset: batches[0].base_offset,
-                expected_at_least: loc.header.base_offset,
-            }));
-        }
         // Offsets must keep increasing through what is served.
         let mut keep = 0;
         let mut cut_at = 0;
         let mut prev: Option<&BatchHeader> = None;
         for h in &batches {
-            if h.base_offset >= upper || prev.is_some_and(|p| h.base_offset < p.next_offset()) {
+            if h.base_offset >= upper || prev.is_some_and(|p| h.base_offset != p.next_offset()) {
                 break;
             }
             keep += 1;
@@ -929,6 +969,61 @@ impl<D: Disk> Log<D> {
         batches.truncate(keep);
         bytes.truncate(cut_at);
         Ok(ReadResult { bytes, batches })
+    }
+
+    /// One try at reading from `seg`: locate the batch holding `offset`,
+    /// read from there, and check that both reads agree on where it starts
+    /// (its base offset is not covered by the CRC).
+    #[allow(clippy::type_complexity)]
+    fn read_in_segment(
+        &self,
+        seg: &Segment<D::File>,
+        offset: i64,
+        max_bytes: usize,
+        upper: i64,
+        check_epochs: bool,
+    ) -> Result<Option<(Vec<u8>, Vec<BatchHeader>)>, ScanStop> {
+        let Some(loc) = seg.locate(offset)? else {
+            return Ok(None);
+        };
+        if loc.header.base_offset >= upper {
+            return Ok(None);
+        }
+        let first = loc.header.total_size();
+        let available = (seg.size - loc.position) as usize;
+        if first > available {
+            return Err(ScanStop::Invalid {
+                position: loc.position,
+                error: BatchError::Truncated { have: available, need: first },
+            });
+        }
+        let len = max_bytes.max(first).min(available);
+        let (bytes, batches) = seg.read_batches(loc.position, len)?;
+        if batches[0].base_offset != loc.header.base_offset || batches[0].last_offset() < offset {
+            return Err(ScanStop::OutOfOrder {
+                position: loc.position,
+                base_offset: batches[0].base_offset,
+                expected_at_least: loc.header.base_offset,
+            });
+        }
+        // The leader epoch is outside the CRC too; epochs only grow along a
+        // log, so the cache knows what each batch must say.
+        let mut pos = loc.position;
+        for h in batches.iter().filter(|_| check_epochs) {
+            if let Some(epoch) = self.epochs.epoch_for(h.base_offset) {
+                if h.partition_leader_epoch != epoch {
+                    return Err(ScanStop::Invalid {
+                        position: pos,
+                        error: BatchError::BadRecord(format!(
+                            "leader epoch {} where the log's history says {epoch}",
+                            h.partition_leader_epoch
+                        )),
+                    });
+                }
+            }
+            pos += h.total_size() as u64;
+        }
+        Ok(Some((bytes, batches)))
     }
 
     /// Kafka's ListOffsets by timestamp: the earliest offset whose record
@@ -957,7 +1052,9 @@ impl<D: Disk> Log<D> {
                     if h.max_timestamp < ts || h.last_offset() < self.log_start_offset {
                         continue;
                     }
-                    return Ok(Some(first_record_at_or_after(bytes, h, ts, self.log_start_offset)));
+                    if let Some(found) = first_record_at_or_after(bytes, h, ts, self.log_start_offset) {
+                        return Ok(Some(found));
+                    }
                 }
                 offset = last.next_offset();
             }
@@ -967,11 +1064,13 @@ impl<D: Disk> Log<D> {
 }
 
 /// Within a batch whose max timestamp is at least `ts`, the first record at
-/// or after `ts`. LogAppendTime batches carry one timestamp for all records;
+/// or after `ts` and at or after the log start — `None` when the only such
+/// records lie below the log start (the batch straddles it), so the search
+/// goes on. LogAppendTime batches carry one timestamp for all records;
 /// compressed batches are answered at batch granularity until the codecs
 /// land with the produce path.
-fn first_record_at_or_after(bytes: &[u8], h: &BatchHeader, ts: i64, log_start: i64) -> (i64, i64) {
-    let batch_answer = (h.base_offset.max(log_start), h.max_timestamp);
+fn first_record_at_or_after(bytes: &[u8], h: &BatchHeader, ts: i64, log_start: i64) -> Option<(i64, i64)> {
+    let batch_answer = Some((h.base_offset.max(log_start), h.max_timestamp));
     if h.timestamp_type() == TimestampType::LogAppendTime || h.compression() != Some(Compression::None) {
         return batch_answer;
     }
@@ -979,8 +1078,7 @@ fn first_record_at_or_after(bytes: &[u8], h: &BatchHeader, ts: i64, log_start: i
         Ok(records) => records
             .iter()
             .map(|r| (h.base_offset + r.offset_delta as i64, h.base_timestamp + r.timestamp_delta))
-            .find(|&(o, t)| t >= ts && o >= log_start)
-            .unwrap_or(batch_answer),
+            .find(|&(o, t)| t >= ts && o >= log_start),
         Err(_) => batch_answer,
     }
 }

@@ -11,6 +11,9 @@ use crate::io::disk::{DiskError, DiskFile};
 /// rot on the platter is not.
 pub const READ_RETRIES: usize = 3;
 
+/// The header bytes before this are not covered by the batch CRC.
+const CRC_COVERS_FROM: usize = 21;
+
 pub fn data_name(base: i64) -> String {
     format!("{base:020}.log")
 }
@@ -78,6 +81,11 @@ pub struct Segment<F> {
     time_written: usize,
     /// Some write since the last sync of any of the three files.
     pub dirty: bool,
+    /// No longer the active segment. Only a sealed segment's index files are
+    /// synced: recovery rescans the segment holding the recovery point and
+    /// everything after it, so the active segment's indexes are rebuilt
+    /// anyway, and syncing them would triple the cost of every flush.
+    pub sealed: bool,
 }
 
 /// A batch header found by scanning, with where it sits.
@@ -104,6 +112,7 @@ impl<F: DiskFile> Segment<F> {
             index_written: 0,
             time_written: 0,
             dirty: false,
+            sealed: false,
         }
     }
 
@@ -202,8 +211,10 @@ impl<F: DiskFile> Segment<F> {
         if self.dirty {
             self.write_indexes()?;
             self.data.sync()?;
-            self.index_file.sync()?;
-            self.time_file.sync()?;
+            if self.sealed {
+                self.index_file.sync()?;
+                self.time_file.sync()?;
+            }
             self.dirty = false;
         }
         Ok(())
@@ -271,35 +282,53 @@ impl<F: DiskFile> Segment<F> {
         if offset >= self.next_offset || self.size == 0 {
             return Ok(None);
         }
-        let start = self
+        let (rel, start) = self
             .index
             .floor(self.rel(offset.max(self.base_offset)))
-            .map_or(0, |(_, p)| p as u64);
-        match self.walk(start, offset) {
-            Ok(found) => Ok(found),
-            Err(_) if start != 0 => self.walk(0, offset),
-            Err(e) => Err(e),
+            .unwrap_or((0, 0));
+        let expected = self.base_offset + rel as i64;
+        let mut result = self.walk(start as u64, expected, offset);
+        if result.is_err() && start != 0 {
+            result = self.walk(0, self.base_offset, offset);
         }
+        // A transient flip on the way from the disk deserves another look
+        // before the data is called corrupt.
+        for _ in 1..READ_RETRIES {
+            if result.is_ok() {
+                break;
+            }
+            result = self.walk(0, self.base_offset, offset);
+        }
+        result
     }
 
-    fn walk(&self, mut pos: u64, offset: i64) -> Result<Option<Located>, ScanStop> {
-        let mut prev_next = i64::MIN;
+    /// Walks headers from `pos`, where a batch starting at `expected`
+    /// must sit. Offsets are checked for exact continuity because Kafka's
+    /// format leaves `baseOffset` outside the CRC: continuity is what
+    /// catches a flipped or misplaced offset there.
+    fn walk(&self, mut pos: u64, mut expected: i64, offset: i64) -> Result<Option<Located>, ScanStop> {
         while pos < self.size {
             let h = self.header_at(pos)?;
-            if h.base_offset < prev_next || h.base_offset < self.base_offset {
+            if h.base_offset != expected {
                 return Err(ScanStop::OutOfOrder {
                     position: pos,
                     base_offset: h.base_offset,
-                    expected_at_least: prev_next.max(self.base_offset),
+                    expected_at_least: expected,
                 });
             }
             if h.last_offset() >= offset {
                 return Ok(Some(Located { position: pos, header: h }));
             }
-            prev_next = h.next_offset();
+            expected = h.next_offset();
             pos += h.total_size() as u64;
         }
-        Ok(None)
+        // Callers only ask for offsets below `next_offset`, so running off
+        // the end means a header was misread: an error, to be retried.
+        Err(ScanStop::OutOfOrder {
+            position: pos,
+            base_offset: expected,
+            expected_at_least: offset,
+        })
     }
 
     /// Walks every batch from `from` (a batch boundary), validating each
@@ -311,6 +340,7 @@ impl<F: DiskFile> Segment<F> {
         from: u64,
         min_next: i64,
         index_interval: u64,
+        rewrite: bool,
     ) -> (u64, Option<ScanStop>) {
         let file_len = match self.data.len() {
             Ok(l) => l,
@@ -320,52 +350,85 @@ impl<F: DiskFile> Segment<F> {
         let mut batches = 0u64;
         let mut expected = min_next.max(self.base_offset);
         while pos < file_len {
-            let rest = file_len - pos;
-            if rest < LOG_OVERHEAD as u64 {
-                return (
-                    batches,
-                    Some(ScanStop::Invalid {
-                        position: pos,
-                        error: BatchError::Truncated { have: rest as usize, need: LOG_OVERHEAD },
-                    }),
-                );
+            let mut attempt = self.batch_at(pos, file_len, expected);
+            for _ in 1..READ_RETRIES {
+                if attempt.is_ok() {
+                    break;
+                }
+                attempt = self.batch_at(pos, file_len, expected);
             }
-            let total = match self.data.read_exact_at(pos, LOG_OVERHEAD) {
-                Ok(p) => match batch::claimed_size(&p) {
-                    Ok(t) => t,
-                    Err(error) => return (batches, Some(ScanStop::Invalid { position: pos, error })),
-                },
-                Err(error) => return (batches, Some(ScanStop::Io { position: pos, error })),
-            };
-            if total as u64 > rest {
-                return (
-                    batches,
-                    Some(ScanStop::Invalid {
-                        position: pos,
-                        error: BatchError::Truncated { have: rest as usize, need: total },
-                    }),
-                );
-            }
-            let h = match self.read_batches(pos, total) {
-                Ok((_, hs)) => hs[0],
+            let (h, bytes) = match attempt {
+                Ok(found) => found,
                 Err(stop) => return (batches, Some(stop)),
             };
-            if h.base_offset < expected || !self.can_hold(h.last_offset()) {
-                return (
-                    batches,
-                    Some(ScanStop::OutOfOrder {
-                        position: pos,
-                        base_offset: h.base_offset,
-                        expected_at_least: expected,
-                    }),
-                );
+            if rewrite {
+                // fsyncgate: a page whose writeback failed can still sit in
+                // the page cache, readable, marked clean, and never reach
+                // the platter. Writing what recovery keeps again makes the
+                // coming sync cover it for certain.
+                if let Err(error) = self.data.write_at(pos, &bytes) {
+                    return (batches, Some(ScanStop::Io { position: pos, error }));
+                }
+                self.dirty = true;
             }
             self.account(pos, &h, index_interval, false);
             expected = h.next_offset();
-            pos += total as u64;
+            pos += bytes.len() as u64;
             batches += 1;
         }
         (batches, None)
+    }
+
+    /// Reads and fully validates the batch at `pos`, which must start at
+    /// offset `expected`.
+    fn batch_at(&self, pos: u64, file_len: u64, expected: i64) -> Result<(BatchHeader, Vec<u8>), ScanStop> {
+        let rest = file_len - pos;
+        let invalid = |error| ScanStop::Invalid { position: pos, error };
+        if rest < LOG_OVERHEAD as u64 {
+            return Err(invalid(BatchError::Truncated {
+                have: rest as usize,
+                need: LOG_OVERHEAD,
+            }));
+        }
+        let prefix = self
+            .data
+            .read_exact_at(pos, LOG_OVERHEAD)
+            .map_err(|error| ScanStop::Io { position: pos, error })?;
+        let total = batch::claimed_size(&prefix).map_err(invalid)?;
+        if total as u64 > rest {
+            return Err(invalid(BatchError::Truncated {
+                have: rest as usize,
+                need: total,
+            }));
+        }
+        let bytes = self
+            .data
+            .read_exact_at(pos, total)
+            .map_err(|error| ScanStop::Io { position: pos, error })?;
+        let h = batch::validate(&bytes).map_err(invalid)?;
+        // The length came from a separate read; if the two reads disagree
+        // (a flip in transit), neither is trusted and the caller retries.
+        if h.total_size() != total {
+            return Err(invalid(BatchError::BadLength(h.batch_length)));
+        }
+        // baseOffset, batchLength and partitionLeaderEpoch lie outside the
+        // CRC. Recovery writes what it reads back to the disk, so a flip in
+        // transit there would become permanent: read them a second time.
+        let again = self
+            .data
+            .read_exact_at(pos, CRC_COVERS_FROM)
+            .map_err(|error| ScanStop::Io { position: pos, error })?;
+        if again[..] != bytes[..CRC_COVERS_FROM] {
+            return Err(invalid(BatchError::BadLength(h.batch_length)));
+        }
+        if h.base_offset != expected || !self.can_hold(h.last_offset()) {
+            return Err(ScanStop::OutOfOrder {
+                position: pos,
+                base_offset: h.base_offset,
+                expected_at_least: expected,
+            });
+        }
+        Ok((h, bytes))
     }
 
     /// Cuts the segment so that it ends just before the batch at `position`
@@ -378,7 +441,7 @@ impl<F: DiskFile> Segment<F> {
         // the kept part is rescanned: truncation is rare (a follower whose
         // log diverged), correctness of retention by time is not optional.
         self.reset();
-        if let (_, Some(stop)) = self.recover_from(0, self.base_offset, index_interval) {
+        if let (_, Some(stop)) = self.recover_from(0, self.base_offset, index_interval, false) {
             return Err(DiskError::Io(format!(
                 "segment {} unreadable after truncation: {stop}",
                 self.base_offset
@@ -395,6 +458,8 @@ impl<F: DiskFile> Segment<F> {
             self.time_index
                 .push(self.max_timestamp, self.rel(self.next_offset - 1));
         }
+        self.sealed = true;
+        self.dirty = true;
         self.write_indexes()
     }
 

@@ -116,7 +116,8 @@ fn recovery_without_checkpoint_scans_everything_and_rebuilds_indexes() {
     log.flush().unwrap();
     let before = read_all(&log);
     drop(log);
-    disk.remove("t-0/partition.checkpoint").ok();
+    disk.remove("t-0/partition.checkpoint.a").ok();
+    disk.remove("t-0/partition.checkpoint.b").ok();
     // Damage an index: recovery must not trust it.
     let idx = disk.open("t-0/00000000000000000000.index").unwrap();
     idx.write_at(0, &[0xff; 16]).unwrap();
@@ -280,8 +281,14 @@ fn offset_for_timestamp_finds_first_record_at_or_after() {
     assert_eq!(log.offset_for_timestamp(2902).unwrap(), Some((89, 2902)));
     assert_eq!(log.offset_for_timestamp(2903).unwrap(), None);
     log.close().unwrap();
-    let (log, _) = open(&disk, small_config());
+    let (mut log, _) = open(&disk, small_config());
     assert_eq!(log.offset_for_timestamp(1500).unwrap(), Some((45, 1500)));
+    // The log start inside batch 10 (offsets 30..=32, times 1000..=1002):
+    // a record before the start is not an answer, even if its time fits.
+    log.advance_log_start(32).unwrap();
+    assert_eq!(log.offset_for_timestamp(1000).unwrap(), Some((32, 1002)));
+    log.advance_log_start(33).unwrap();
+    assert_eq!(log.offset_for_timestamp(1000).unwrap(), Some((33, 1100)));
 }
 
 #[test]
@@ -417,5 +424,27 @@ proptest! {
         let got = read_all(&log);
         let want: Vec<_> = model.into_iter().filter(|(o, b)| o + batch::validate(b).unwrap().last_offset_delta as i64 >= start).collect();
         prop_assert_eq!(got, want);
+    }
+}
+
+#[test]
+fn one_damaged_checkpoint_copy_loses_nothing() {
+    let disk = MemDisk::new();
+    let (mut log, _) = open(&disk, small_config());
+    for i in 0..40 {
+        log.append(&batch(2, i, i as u8, 40), 0).unwrap();
+    }
+    log.flush().unwrap();
+    log.advance_log_start(30).unwrap();
+    drop(log);
+    for (damaged, intact) in [("a", "b"), ("b", "a")] {
+        let f = disk.open(&format!("t-0/partition.checkpoint.{damaged}")).unwrap();
+        let good = f.read_exact_at(0, f.len().unwrap() as usize).unwrap();
+        f.write_at(40, b"9").unwrap();
+        let (log, report) = open(&disk, small_config());
+        assert_eq!(log.log_start_offset(), 30, "copy {intact} keeps the log start");
+        assert!(report.checkpoint_problem.unwrap().contains(damaged));
+        drop(log);
+        f.write_at(0, &good).unwrap();
     }
 }
