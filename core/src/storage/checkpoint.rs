@@ -127,13 +127,13 @@ impl LeaderEpochCache {
 }
 
 /// Appends a `crc` line covering everything before it.
-fn seal(body: String) -> Vec<u8> {
+pub(crate) fn seal(body: String) -> Vec<u8> {
     let crc = crc32c::crc32c(body.as_bytes());
     format!("{body}crc {crc:08x}\n").into_bytes()
 }
 
 /// Checks and strips the `crc` line.
-fn unseal(bytes: &[u8]) -> Result<&str, String> {
+pub(crate) fn unseal(bytes: &[u8]) -> Result<&str, String> {
     let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
     let crc_at = text.rfind("crc ").ok_or("no crc line")?;
     let (body, crc_line) = text.split_at(crc_at);

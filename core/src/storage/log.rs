@@ -230,7 +230,7 @@ impl<D: Disk> Log<D> {
     fn new_segment(&mut self, base: i64) -> Result<Segment<D::File>, DiskError> {
         // Any leftovers under these names are from a segment that was cut
         // away; start clean.
-        for name in [segment::data_name(base), segment::index_name(base), segment::time_index_name(base)] {
+        for name in segment_file_names(base) {
             let p = self.path(&name);
             if self.disk.exists(&p)? {
                 self.disk.remove(&p)?;
@@ -243,8 +243,19 @@ impl<D: Disk> Log<D> {
         Ok(Segment::new(base, data, index, time))
     }
 
+    /// Seals the segment at `base`, writing a fresh `.seal` file.
+    fn seal_segment(&mut self, base: i64) -> Result<(), DiskError> {
+        let path = self.path(&segment::seal_name(base));
+        if self.disk.exists(&path)? {
+            self.disk.remove(&path)?;
+        }
+        let file = self.disk.create(&path)?;
+        self.dir_dirty = true;
+        self.segments.get_mut(&base).expect("segment to seal").seal(file)
+    }
+
     fn remove_segment_files(&mut self, base: i64) -> Result<(), DiskError> {
-        for name in [segment::data_name(base), segment::index_name(base), segment::time_index_name(base)] {
+        for name in segment_file_names(base) {
             match self.disk.remove(&self.path(&name)) {
                 Ok(()) | Err(DiskError::NotFound(_)) => {}
                 Err(e) => return Err(e),
@@ -272,7 +283,8 @@ impl<D: Disk> Log<D> {
         for name in &names {
             let stem = name
                 .strip_suffix(".index")
-                .or_else(|| name.strip_suffix(".timeindex"));
+                .or_else(|| name.strip_suffix(".timeindex"))
+                .or_else(|| name.strip_suffix(".seal"));
             if let Some(stem) = stem {
                 if segment::parse_data_name(&format!("{stem}.log")).is_none_or(|b| !bases.contains(&b)) {
                     self.disk.remove(&self.path(name))?;
@@ -367,11 +379,16 @@ impl<D: Disk> Log<D> {
         report.segments = self.segments.len();
         // All but the last segment are sealed, with their final time index
         // entry, exactly as if they had been rolled.
-        let last = self.segments.keys().next_back().copied();
-        for (base, seg) in self.segments.iter_mut() {
-            if Some(*base) != last {
-                seg.seal()?;
-            }
+        let unsealed: Vec<i64> = self
+            .segments
+            .iter()
+            .rev()
+            .skip(1)
+            .filter(|(_, s)| !s.sealed)
+            .map(|(&b, _)| b)
+            .collect();
+        for base in unsealed {
+            self.seal_segment(base)?;
         }
 
         let first_base = self.segments.keys().next().copied();
@@ -439,33 +456,43 @@ impl<D: Disk> Log<D> {
     }
 
     /// Loads a segment that lies wholly below the recovery point from its
-    /// index files. Returns false if the indexes were unusable and the
-    /// segment was rescanned instead.
+    /// seal record and index files, if they all agree with each other and
+    /// with the data file's length. Returns false if anything disagreed and
+    /// the segment was rescanned instead.
     fn load_trusted(
         &mut self,
         seg: &mut Segment<D::File>,
         next_base: i64,
         report: &mut RecoveryReport,
     ) -> Result<bool, DiskError> {
+        let base = seg.base_offset;
         let size = seg.data.len()?;
-        let max_rel = (next_base - seg.base_offset - 1).clamp(0, u32::MAX as i64) as u32;
-        let index_bytes = {
-            let len = seg.index_file.len()?;
-            seg.index_file.read_exact_at(0, len as usize)?
+        let read_all = |f: &D::File| -> Result<Vec<u8>, DiskError> { f.read_exact_at(0, f.len()? as usize) };
+        let seal = match self.disk.open(&self.path(&segment::seal_name(base))) {
+            Ok(f) => Some((segment::SealRecord::decode(&read_all(&f)?), f)),
+            Err(DiskError::NotFound(_)) => None,
+            Err(e) => return Err(e),
         };
-        let time_bytes = {
-            let len = seg.time_file.len()?;
-            seg.time_file.read_exact_at(0, len as usize)?
-        };
-        let loaded = OffsetIndex::decode(&index_bytes, size, max_rel)
-            .and_then(|i| TimeIndex::decode(&time_bytes, max_rel).map(|t| (i, t)))
-            .ok()
-            .filter(|(i, t)| size == 0 || (!i.is_empty() && !t.is_empty()));
-        if let Some((index, time)) = loaded {
-            seg.adopt_indexes(index, time, size, next_base);
-            return Ok(true);
+        if let Some((Ok(record), file)) = seal {
+            let index_bytes = read_all(&seg.index_file)?;
+            let time_bytes = read_all(&seg.time_file)?;
+            let consistent = record.base_offset == base
+                && record.next_offset == next_base
+                && record.size == size
+                && crc32c::crc32c(&index_bytes) == record.index_crc
+                && crc32c::crc32c(&time_bytes) == record.time_index_crc;
+            let max_rel = (next_base - base - 1).clamp(0, u32::MAX as i64) as u32;
+            if consistent {
+                if let (Ok(index), Ok(time)) = (
+                    OffsetIndex::decode(&index_bytes, size, max_rel),
+                    TimeIndex::decode(&time_bytes, max_rel),
+                ) {
+                    seg.adopt_sealed(index, time, &record, file);
+                    return Ok(true);
+                }
+            }
         }
-        let (n, stop) = seg.recover_from(0, seg.base_offset, self.config.index_interval_bytes, false);
+        let (n, stop) = seg.recover_from(0, base, self.config.index_interval_bytes, false);
         report.batches_scanned += n;
         if let Some(ScanStop::Io { error, .. }) = stop {
             return Err(error);
@@ -476,7 +503,7 @@ impl<D: Disk> Log<D> {
             // report it; only the length is taken from the file.
             report
                 .corruption
-                .push(format!("segment {} below the recovery point: {stop}", seg.base_offset));
+                .push(format!("segment {base} below the recovery point: {stop}"));
             seg.size = size;
         }
         seg.next_offset = next_base;
@@ -488,16 +515,37 @@ impl<D: Disk> Log<D> {
         let mut offset = from.max(self.log_start_offset);
         let end = self.end_offset();
         while offset < end {
-            match self.read_checked(offset, 1 << 20, i64::MAX, false) {
-                Ok(r) if !r.batches.is_empty() => {
+            // The epoch field is outside the CRC, and what is read here is
+            // written back to the checkpoint: two reads must agree.
+            let mut agreed = None;
+            for _ in 0..segment::READ_RETRIES {
+                let first = self.read_checked(offset, 1 << 20, i64::MAX, false);
+                let second = self.read_checked(offset, 1 << 20, i64::MAX, false);
+                match (first, second) {
+                    (Ok(a), Ok(b)) if a == b => {
+                        agreed = Some(Ok(a));
+                        break;
+                    }
+                    (Err(e), _) | (_, Err(e)) => agreed = Some(Err(e)),
+                    _ => {}
+                }
+            }
+            match agreed {
+                Some(Ok(r)) if !r.batches.is_empty() => {
                     for h in &r.batches {
                         self.epochs_dirty |= self.epochs.assign(h.partition_leader_epoch, h.base_offset);
                     }
                     offset = r.batches.last().expect("non-empty").next_offset();
                 }
-                Ok(_) => break,
-                Err(e) => {
+                Some(Ok(_)) => break,
+                Some(Err(e)) => {
                     report.corruption.push(format!("epoch rebuild stopped at {offset}: {e}"));
+                    break;
+                }
+                None => {
+                    report
+                        .corruption
+                        .push(format!("epoch rebuild stopped at {offset}: reads keep disagreeing"));
                     break;
                 }
             }
@@ -675,11 +723,8 @@ impl<D: Disk> Log<D> {
         if self.active().base_offset == base {
             return Ok(());
         }
-        self.segments
-            .values_mut()
-            .next_back()
-            .expect("active segment")
-            .seal()?;
+        let active = self.active().base_offset;
+        self.seal_segment(active)?;
         let seg = self.new_segment(base)?;
         self.segments.insert(base, seg);
         Ok(())
@@ -790,11 +835,38 @@ impl<D: Disk> Log<D> {
             self.remove_segment_files(base)?;
         }
         let seg = self.segments.values_mut().next_back().expect("a segment remains");
-        let located = seg
-            .locate(offset)
-            .map_err(|stop| DiskError::Io(format!("cannot find truncation point: {stop}")))?;
-        if let Some(loc) = located {
-            seg.truncate_at(loc.position, interval)?;
+        if seg.sealed {
+            // Active again: its seal no longer describes it.
+            seg.unseal();
+            let base = seg.base_offset;
+            let seal = self.path(&segment::seal_name(base));
+            match self.disk.remove(&seal) {
+                Ok(()) | Err(DiskError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+            self.dir_dirty = true;
+        }
+        let seg = self.segments.values_mut().next_back().expect("a segment remains");
+        let position = match seg.locate_verified(offset) {
+            Ok(found) => found.map(|loc| loc.position),
+            Err(ScanStop::Io { error, .. }) => return Err(error),
+            Err(_) => {
+                // Damage between the segment's start and the truncation
+                // point: only the readable prefix can be kept.
+                seg.rescan_readable_prefix(interval)?;
+                if seg.next_offset > offset {
+                    match seg.locate_verified(offset) {
+                        Ok(found) => found.map(|loc| loc.position),
+                        Err(ScanStop::Io { error, .. }) => return Err(error),
+                        Err(_) => Some(seg.size),
+                    }
+                } else {
+                    Some(seg.size)
+                }
+            }
+        };
+        if let Some(position) = position {
+            seg.truncate_at(position, interval)?;
         }
         if self.end_offset() < self.log_start_offset {
             // The batch straddling the log start went: nothing readable is
@@ -1081,6 +1153,15 @@ fn first_record_at_or_after(bytes: &[u8], h: &BatchHeader, ts: i64, log_start: i
             .find(|&(o, t)| t >= ts && o >= log_start),
         Err(_) => batch_answer,
     }
+}
+
+fn segment_file_names(base: i64) -> [String; 4] {
+    [
+        segment::data_name(base),
+        segment::index_name(base),
+        segment::time_index_name(base),
+        segment::seal_name(base),
+    ]
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use crate::io::disk::{DiskError, DiskFile};
 /// How many times a read that fails its checksum is repeated before the
 /// data is declared corrupt: a flip on the way from the disk is transient,
 /// rot on the platter is not.
-pub const READ_RETRIES: usize = 3;
+pub const READ_RETRIES: usize = 8;
 
 /// The header bytes before this are not covered by the batch CRC.
 const CRC_COVERS_FROM: usize = 21;
@@ -22,6 +22,66 @@ pub fn index_name(base: i64) -> String {
 }
 pub fn time_index_name(base: i64) -> String {
     format!("{base:020}.timeindex")
+}
+pub fn seal_name(base: i64) -> String {
+    format!("{base:020}.seal")
+}
+
+/// Written when a segment stops being the active one: what recovery needs
+/// to trust the segment without reading it — its end, its size, its time
+/// bounds — and checksums of its two index files. Kafka trusts index files
+/// after a sanity check, and takes a segment's largest timestamp (which
+/// decides `retention.ms` deletion) from the time index's last entry; a
+/// flipped bit there can pass any sanity check, and the simulator found
+/// one that did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SealRecord {
+    pub base_offset: i64,
+    pub next_offset: i64,
+    pub size: u64,
+    pub max_timestamp: i64,
+    pub first_timestamp: i64,
+    pub index_crc: u32,
+    pub time_index_crc: u32,
+}
+
+impl SealRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        super::checkpoint::seal(format!(
+            "odradek-seal 1\n{} {} {} {} {} {:08x} {:08x}\n",
+            self.base_offset,
+            self.next_offset,
+            self.size,
+            self.max_timestamp,
+            self.first_timestamp,
+            self.index_crc,
+            self.time_index_crc
+        ))
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<SealRecord, String> {
+        let body = super::checkpoint::unseal(bytes)?;
+        let fields = body
+            .strip_prefix("odradek-seal 1\n")
+            .ok_or("unknown seal version")?
+            .trim_end()
+            .split(' ')
+            .collect::<Vec<_>>();
+        let [base, next, size, max_ts, first_ts, icrc, tcrc] = fields[..] else {
+            return Err("wrong number of fields".into());
+        };
+        let num = |v: &str| v.parse::<i64>().map_err(|_| format!("bad number {v:?}"));
+        let hex = |v: &str| u32::from_str_radix(v, 16).map_err(|_| format!("bad checksum {v:?}"));
+        Ok(SealRecord {
+            base_offset: num(base)?,
+            next_offset: num(next)?,
+            size: num(size)?.try_into().map_err(|_| "negative size")?,
+            max_timestamp: num(max_ts)?,
+            first_timestamp: num(first_ts)?,
+            index_crc: hex(icrc)?,
+            time_index_crc: hex(tcrc)?,
+        })
+    }
 }
 
 /// The base offset a data file's name encodes, if it is one of ours.
@@ -86,6 +146,8 @@ pub struct Segment<F> {
     /// everything after it, so the active segment's indexes are rebuilt
     /// anyway, and syncing them would triple the cost of every flush.
     pub sealed: bool,
+    /// The `.seal` file of a sealed segment.
+    pub seal_file: Option<F>,
 }
 
 /// A batch header found by scanning, with where it sits.
@@ -113,6 +175,7 @@ impl<F: DiskFile> Segment<F> {
             time_written: 0,
             dirty: false,
             sealed: false,
+            seal_file: None,
         }
     }
 
@@ -214,6 +277,9 @@ impl<F: DiskFile> Segment<F> {
             if self.sealed {
                 self.index_file.sync()?;
                 self.time_file.sync()?;
+                if let Some(f) = &self.seal_file {
+                    f.sync()?;
+                }
             }
             self.dirty = false;
         }
@@ -300,6 +366,36 @@ impl<F: DiskFile> Segment<F> {
             result = self.walk(0, self.base_offset, offset);
         }
         result
+    }
+
+    /// As [`Segment::locate`], but the batch found is read whole and its
+    /// checksum checked before it is believed. The header walk is for
+    /// speed and trusts unchecked bytes; a caller about to destroy data at
+    /// the location (truncation) must not.
+    pub fn locate_verified(&self, offset: i64) -> Result<Option<Located>, ScanStop> {
+        let mut last_err = None;
+        for _ in 0..READ_RETRIES {
+            let loc = match self.locate(offset) {
+                Ok(Some(loc)) => loc,
+                Ok(None) => return Ok(None),
+                Err(e) => {
+                    last_err = Some(e);
+                    continue;
+                }
+            };
+            match self.read_batches(loc.position, loc.header.total_size()) {
+                Ok((_, headers)) if headers.len() == 1 && headers[0] == loc.header => return Ok(Some(loc)),
+                Ok(_) => {
+                    last_err = Some(ScanStop::OutOfOrder {
+                        position: loc.position,
+                        base_offset: loc.header.base_offset,
+                        expected_at_least: offset,
+                    })
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.expect("READ_RETRIES > 0"))
     }
 
     /// Walks headers from `pos`, where a batch starting at `expected`
@@ -434,33 +530,69 @@ impl<F: DiskFile> Segment<F> {
     /// Cuts the segment so that it ends just before the batch at `position`
     /// (which must be a batch boundary known to this segment), with
     /// `next_offset` as its new end.
-    pub fn truncate_at(&mut self, position: u64, index_interval: u64) -> Result<(), DiskError> {
+    /// Cuts the segment at `position` (a batch boundary) and rescans what
+    /// is kept: the sparse indexes do not hold every timestamp, and
+    /// retention by time must be right. If the kept part holds damage that
+    /// does not read back, the cut moves down to the last batch before it —
+    /// truncation exists to discard, and a follower re-fetches the rest.
+    /// Returns the damage met, if any.
+    pub fn truncate_at(&mut self, position: u64, index_interval: u64) -> Result<Option<ScanStop>, DiskError> {
         self.data.truncate(position)?;
         self.dirty = true;
-        // Timestamps of what remains are not all in the sparse indexes, so
-        // the kept part is rescanned: truncation is rare (a follower whose
-        // log diverged), correctness of retention by time is not optional.
         self.reset();
-        if let (_, Some(stop)) = self.recover_from(0, self.base_offset, index_interval, false) {
-            return Err(DiskError::Io(format!(
-                "segment {} unreadable after truncation: {stop}",
-                self.base_offset
-            )));
+        let (_, stop) = self.recover_from(0, self.base_offset, index_interval, false);
+        match stop {
+            Some(ScanStop::Io { error, .. }) => return Err(error),
+            Some(_) => self.data.truncate(self.size)?,
+            None => {}
         }
-        self.rewrite_indexes()
+        self.rewrite_indexes()?;
+        Ok(stop)
+    }
+
+    /// The readable prefix's end offset, after damage stopped a lookup:
+    /// rebuilds the in-memory state from a scan that stops at the damage.
+    pub fn rescan_readable_prefix(&mut self, index_interval: u64) -> Result<(), DiskError> {
+        self.reset();
+        if let (_, Some(ScanStop::Io { error, .. })) = self.recover_from(0, self.base_offset, index_interval, false) {
+            return Err(error);
+        }
+        Ok(())
     }
 
     /// Called when the segment stops being the active one: a final time
-    /// index entry, as Kafka writes, so that its largest timestamp can be
-    /// read back from the index after a restart without a scan.
-    pub fn seal(&mut self) -> Result<(), DiskError> {
+    /// index entry, as Kafka writes, and the seal record in `seal_file`
+    /// (new and empty). Synced with the segment's next sync.
+    pub fn seal(&mut self, seal_file: F) -> Result<(), DiskError> {
         if self.size > 0 {
             self.time_index
                 .push(self.max_timestamp, self.rel(self.next_offset - 1));
         }
+        self.write_indexes()?;
+        seal_file.write_at(0, &self.seal_record().encode())?;
+        self.seal_file = Some(seal_file);
         self.sealed = true;
         self.dirty = true;
-        self.write_indexes()
+        Ok(())
+    }
+
+    pub fn seal_record(&self) -> SealRecord {
+        SealRecord {
+            base_offset: self.base_offset,
+            next_offset: self.next_offset,
+            size: self.size,
+            max_timestamp: self.max_timestamp,
+            first_timestamp: self.first_timestamp.unwrap_or(-1),
+            index_crc: crc32c::crc32c(&self.index.encode()),
+            time_index_crc: crc32c::crc32c(&self.time_index.encode()),
+        }
+    }
+
+    /// Makes a sealed segment the active one again (after a truncation);
+    /// the caller removes the `.seal` file.
+    pub fn unseal(&mut self) {
+        self.sealed = false;
+        self.seal_file = None;
     }
 
     /// Resets the in-memory state so that `recover_from(0, ..)` can rebuild it.
@@ -477,16 +609,18 @@ impl<F: DiskFile> Segment<F> {
     }
 
     /// Adopts indexes loaded from their files for a segment that recovery
-    /// trusts (wholly below the recovery point).
-    pub fn adopt_indexes(&mut self, index: OffsetIndex, time_index: TimeIndex, size: u64, next_offset: i64) {
-        self.size = size;
-        self.next_offset = next_offset;
-        self.max_timestamp = time_index.last().map_or(-1, |(t, _)| t);
-        self.first_timestamp = time_index.entries().first().map(|e| e.0);
+    /// trusts, as its seal record describes it.
+    pub fn adopt_sealed(&mut self, index: OffsetIndex, time_index: TimeIndex, seal: &SealRecord, seal_file: F) {
+        self.size = seal.size;
+        self.next_offset = seal.next_offset;
+        self.max_timestamp = seal.max_timestamp;
+        self.first_timestamp = (seal.first_timestamp >= 0 || seal.size > 0).then_some(seal.first_timestamp);
         self.index_written = index.len();
         self.time_written = time_index.len();
         self.index = index;
         self.time_index = time_index;
         self.bytes_since_index = 0;
+        self.sealed = true;
+        self.seal_file = Some(seal_file);
     }
 }

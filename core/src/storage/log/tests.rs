@@ -448,3 +448,24 @@ fn one_damaged_checkpoint_copy_loses_nothing() {
         f.write_at(0, &good).unwrap();
     }
 }
+
+#[test]
+fn plausible_but_wrong_time_index_is_caught_by_the_seal() {
+    let disk = MemDisk::new();
+    let (mut log, _) = open(&disk, LogConfig { index_interval_bytes: 1, ..small_config() });
+    for i in 0..30 {
+        log.append(&batch(3, 100 * i, i as u8, 20), 0).unwrap();
+    }
+    let want = log.offset_for_timestamp(650).unwrap();
+    log.close().unwrap();
+    // Lower the second entry's timestamp by one: still increasing, still
+    // decodes, and now claims nothing before it reaches 650.
+    let f = disk.open("t-0/00000000000000000000.timeindex").unwrap();
+    let mut e = f.read_exact_at(12, 12).unwrap();
+    let ts = i64::from_be_bytes(e[..8].try_into().unwrap());
+    e[..8].copy_from_slice(&(ts + 700).to_be_bytes());
+    f.write_at(12, &e[..8]).unwrap();
+    let (log, report) = open(&disk, LogConfig { index_interval_bytes: 1, ..small_config() });
+    assert_eq!(report.indexes_rebuilt, 1);
+    assert_eq!(log.offset_for_timestamp(650).unwrap(), want);
+}
