@@ -29,7 +29,10 @@ pub enum Fault {
     /// Step the node's wall clock by this many milliseconds (either way).
     ClockJump { node: NodeId, delta_ms: i64 },
     /// Cut the links between the two sides, both ways.
-    Partition { side_a: Vec<NodeId>, side_b: Vec<NodeId> },
+    Partition {
+        side_a: Vec<NodeId>,
+        side_b: Vec<NodeId>,
+    },
     /// Cut the links from `from` to `to` only.
     PartitionOneWay { from: Vec<NodeId>, to: Vec<NodeId> },
     /// Restore every link.
@@ -210,19 +213,25 @@ impl Schedule {
     /// The safety-phase schedule for `nodes` under `swarm`, lasting
     /// `duration_ms`. Every crash or kill is followed by a restart after a
     /// short outage, so that the node under test spends most of the run up.
-    pub fn generate<R: Random + ?Sized>(rng: &mut R, swarm: &Swarm, nodes: &[NodeId], duration_ms: u64) -> Schedule {
+    pub fn generate<R: Random + ?Sized>(
+        rng: &mut R,
+        swarm: &Swarm,
+        nodes: &[NodeId],
+        duration_ms: u64,
+    ) -> Schedule {
         let mut faults = Vec::new();
-        let mut add_process_faults = |every: Option<u64>, make: fn(NodeId) -> Fault, rng: &mut R| {
-            let Some(mean) = every else { return };
-            let mut t = next_gap(rng, mean);
-            while t < duration_ms {
-                let node = nodes[rng.below(nodes.len() as u64) as usize];
-                faults.push((t, make(node)));
-                let down = rng.between(1, 200);
-                faults.push((t + down, Fault::Restart { node }));
-                t += down + next_gap(rng, mean);
-            }
-        };
+        let mut add_process_faults =
+            |every: Option<u64>, make: fn(NodeId) -> Fault, rng: &mut R| {
+                let Some(mean) = every else { return };
+                let mut t = next_gap(rng, mean);
+                while t < duration_ms {
+                    let node = nodes[rng.below(nodes.len() as u64) as usize];
+                    faults.push((t, make(node)));
+                    let down = rng.between(1, 200);
+                    faults.push((t + down, Fault::Restart { node }));
+                    t += down + next_gap(rng, mean);
+                }
+            };
         add_process_faults(swarm.crash_every_ms, |node| Fault::Crash { node }, rng);
         add_process_faults(swarm.kill_every_ms, |node| Fault::Kill { node }, rng);
         if let Some(mean) = swarm.clock_jump_every_ms {
@@ -230,7 +239,11 @@ impl Schedule {
             while t < duration_ms {
                 let node = nodes[rng.below(nodes.len() as u64) as usize];
                 let magnitude = rng.between(1, 3_600_000) as i64;
-                let delta_ms = if rng.chance(0.5) { magnitude } else { -magnitude };
+                let delta_ms = if rng.chance(0.5) {
+                    magnitude
+                } else {
+                    -magnitude
+                };
                 faults.push((t, Fault::ClockJump { node, delta_ms }));
                 t += next_gap(rng, mean);
             }
@@ -275,14 +288,20 @@ mod tests {
                 .iter()
                 .filter(|(_, f)| matches!(f, Fault::Crash { .. } | Fault::Kill { .. }))
                 .count();
-            let restarts = s1.faults.iter().filter(|(_, f)| matches!(f, Fault::Restart { .. })).count();
+            let restarts = s1
+                .faults
+                .iter()
+                .filter(|(_, f)| matches!(f, Fault::Restart { .. }))
+                .count();
             assert_eq!(stops, restarts);
         }
     }
 
     #[test]
     fn swarm_turns_faults_off_in_some_runs_and_on_in_others() {
-        let draws: Vec<Swarm> = (0..200).map(|s| Swarm::draw_storage(&mut Counter(s))).collect();
+        let draws: Vec<Swarm> = (0..200)
+            .map(|s| Swarm::draw_storage(&mut Counter(s)))
+            .collect();
         assert!(draws.iter().any(|s| s.crash_every_ms.is_none()));
         assert!(draws.iter().any(|s| s.crash_every_ms.is_some()));
         assert!(draws.iter().any(|s| s.disk.misdirect == 0.0));

@@ -63,9 +63,18 @@ struct File {
 
 #[derive(Clone, Debug)]
 enum DirOp {
-    Link { name: String, inode: Inode },
-    Unlink { name: String },
-    Rename { from: String, to: String, inode: Inode },
+    Link {
+        name: String,
+        inode: Inode,
+    },
+    Unlink {
+        name: String,
+    },
+    Rename {
+        from: String,
+        to: String,
+        inode: Inode,
+    },
 }
 
 /// Something the disk did to data, for the checker to excuse losses that
@@ -116,7 +125,11 @@ struct State {
 impl State {
     fn latency(&mut self, range: (u64, u64)) {
         let (lo, hi) = range;
-        let us = if hi > lo { self.rng.between(lo, hi) } else { lo };
+        let us = if hi > lo {
+            self.rng.between(lo, hi)
+        } else {
+            lo
+        };
         self.busy_ns += us * 1000;
     }
 
@@ -134,7 +147,10 @@ impl State {
     }
 
     fn dir_op(&mut self, path: &str, op: DirOp) {
-        self.pending_dirs.entry(parent_dir(path).to_string()).or_default().push(op);
+        self.pending_dirs
+            .entry(parent_dir(path).to_string())
+            .or_default()
+            .push(op);
     }
 
     fn apply_dir_op(ns: &mut BTreeMap<String, Inode>, op: &DirOp) {
@@ -260,7 +276,13 @@ impl SimDisk {
                         let sectors = data.len().div_ceil(SECTOR);
                         let kept = st.rng.below(sectors as u64 + 1) as usize * SECTOR;
                         let kept = kept.min(data.len());
-                        apply(&mut content, &FileOp::Write { pos: *pos, data: data[..kept].to_vec() });
+                        apply(
+                            &mut content,
+                            &FileOp::Write {
+                                pos: *pos,
+                                data: data[..kept].to_vec(),
+                            },
+                        );
                         st.stats.writes_torn_at_crash += 1;
                     }
                 } else {
@@ -281,7 +303,12 @@ impl SimDisk {
 
     /// Total durable bytes, for reports.
     pub fn durable_bytes(&self) -> u64 {
-        self.state.borrow().files.values().map(|f| f.durable.len() as u64).sum()
+        self.state
+            .borrow()
+            .files
+            .values()
+            .map(|f| f.durable.len() as u64)
+            .sum()
     }
 }
 
@@ -340,14 +367,19 @@ impl DiskFile for SimFile {
                     st.record_damage(inode, "misdirected-write");
                 }
             }
-            let op = FileOp::Write { pos: target, data: data.to_vec() };
+            let op = FileOp::Write {
+                pos: target,
+                data: data.to_vec(),
+            };
             let file = st.files.get_mut(&inode).expect("checked");
             apply(&mut file.cached, &op);
             // A write that went elsewhere still leaves the file as long as
             // the caller thinks it is.
             let want_len = pos as usize + data.len();
             if target != pos && file.cached.len() < want_len {
-                let ext = FileOp::Truncate { len: want_len as u64 };
+                let ext = FileOp::Truncate {
+                    len: want_len as u64,
+                };
                 apply(&mut file.cached, &ext);
                 file.pending.push(op);
                 file.pending.push(ext);
@@ -429,14 +461,28 @@ impl Disk for SimDisk {
         st.next_inode += 1;
         st.files.insert(inode, File::default());
         st.visible.insert(path.to_string(), inode);
-        st.dir_op(path, DirOp::Link { name: path.to_string(), inode });
-        Ok(SimFile { state: self.state.clone(), inode, generation: st.generation })
+        st.dir_op(
+            path,
+            DirOp::Link {
+                name: path.to_string(),
+                inode,
+            },
+        );
+        Ok(SimFile {
+            state: self.state.clone(),
+            inode,
+            generation: st.generation,
+        })
     }
 
     fn open(&self, path: &str) -> DiskResult<SimFile> {
         let st = self.state.borrow();
         match st.visible.get(path) {
-            Some(&inode) => Ok(SimFile { state: self.state.clone(), inode, generation: st.generation }),
+            Some(&inode) => Ok(SimFile {
+                state: self.state.clone(),
+                inode,
+                generation: st.generation,
+            }),
             None => Err(DiskError::NotFound(path.to_string())),
         }
     }
@@ -444,16 +490,37 @@ impl Disk for SimDisk {
     fn rename(&self, from: &str, to: &str) -> DiskResult<()> {
         let mut st = self.state.borrow_mut();
         st.check_dir(to)?;
-        let inode = *st.visible.get(from).ok_or_else(|| DiskError::NotFound(from.to_string()))?;
+        let inode = *st
+            .visible
+            .get(from)
+            .ok_or_else(|| DiskError::NotFound(from.to_string()))?;
         let lat = st.faults.write_us;
         st.latency(lat);
         st.visible.remove(from);
         st.visible.insert(to.to_string(), inode);
         if parent_dir(from) == parent_dir(to) {
-            st.dir_op(to, DirOp::Rename { from: from.to_string(), to: to.to_string(), inode });
+            st.dir_op(
+                to,
+                DirOp::Rename {
+                    from: from.to_string(),
+                    to: to.to_string(),
+                    inode,
+                },
+            );
         } else {
-            st.dir_op(from, DirOp::Unlink { name: from.to_string() });
-            st.dir_op(to, DirOp::Link { name: to.to_string(), inode });
+            st.dir_op(
+                from,
+                DirOp::Unlink {
+                    name: from.to_string(),
+                },
+            );
+            st.dir_op(
+                to,
+                DirOp::Link {
+                    name: to.to_string(),
+                    inode,
+                },
+            );
         }
         Ok(())
     }
@@ -465,7 +532,12 @@ impl Disk for SimDisk {
         }
         let lat = st.faults.write_us;
         st.latency(lat);
-        st.dir_op(path, DirOp::Unlink { name: path.to_string() });
+        st.dir_op(
+            path,
+            DirOp::Unlink {
+                name: path.to_string(),
+            },
+        );
         Ok(())
     }
 
@@ -540,7 +612,11 @@ mod tests {
     fn synced_data_survives_and_unsynced_may_not() {
         let disk = SimDisk::new(
             ChaCha8Rng::seed_from_u64(2),
-            DiskFaults { crash_keep: 0.0, crash_tear: 0.0, ..DiskFaults::none() },
+            DiskFaults {
+                crash_keep: 0.0,
+                crash_tear: 0.0,
+                ..DiskFaults::none()
+            },
         );
         disk.create_dir_all("d").unwrap();
         let f = disk.create("d/f").unwrap();
@@ -557,7 +633,13 @@ mod tests {
 
     #[test]
     fn unsynced_directory_entries_vanish() {
-        let disk = SimDisk::new(ChaCha8Rng::seed_from_u64(3), DiskFaults { crash_keep: 1.0, ..DiskFaults::none() });
+        let disk = SimDisk::new(
+            ChaCha8Rng::seed_from_u64(3),
+            DiskFaults {
+                crash_keep: 1.0,
+                ..DiskFaults::none()
+            },
+        );
         disk.create_dir_all("d").unwrap();
         // Over many seeds of the crash lottery, a file that was synced but
         // whose directory was not is sometimes gone.
@@ -587,7 +669,13 @@ mod tests {
     #[test]
     fn rename_is_atomic_across_crashes() {
         for seed in 0..40 {
-            let disk = SimDisk::new(ChaCha8Rng::seed_from_u64(seed), DiskFaults { crash_tear: 0.3, ..DiskFaults::none() });
+            let disk = SimDisk::new(
+                ChaCha8Rng::seed_from_u64(seed),
+                DiskFaults {
+                    crash_tear: 0.3,
+                    ..DiskFaults::none()
+                },
+            );
             disk.create_dir_all("d").unwrap();
             odradek_core::io::disk::write_file_atomically(&disk, "d/c", b"old-content").unwrap();
             let tmp = disk.create("d/c.tmp").unwrap();
@@ -596,7 +684,10 @@ mod tests {
             disk.rename("d/c.tmp", "d/c").unwrap();
             disk.crash();
             let got = odradek_core::io::disk::read_file(&disk, "d/c").unwrap();
-            assert!(got == b"old-content" || got == b"new-content", "seed {seed}: {got:?}");
+            assert!(
+                got == b"old-content" || got == b"new-content",
+                "seed {seed}: {got:?}"
+            );
         }
     }
 
@@ -604,17 +695,34 @@ mod tests {
     fn failed_fsync_loses_the_data_even_if_a_later_fsync_succeeds() {
         let disk = SimDisk::new(
             ChaCha8Rng::seed_from_u64(4),
-            DiskFaults { sync_error: 1.0, crash_keep: 1.0, ..DiskFaults::none() },
+            DiskFaults {
+                sync_error: 1.0,
+                crash_keep: 1.0,
+                ..DiskFaults::none()
+            },
         );
         disk.create_dir_all("d").unwrap();
         let f = disk.create("d/f").unwrap();
-        disk.set_faults(DiskFaults { crash_keep: 1.0, ..DiskFaults::none() });
+        disk.set_faults(DiskFaults {
+            crash_keep: 1.0,
+            ..DiskFaults::none()
+        });
         disk.sync_dir("d").unwrap();
-        disk.set_faults(DiskFaults { sync_error: 1.0, ..DiskFaults::none() });
+        disk.set_faults(DiskFaults {
+            sync_error: 1.0,
+            ..DiskFaults::none()
+        });
         f.write_at(0, b"data").unwrap();
         assert!(f.sync().is_err());
-        disk.set_faults(DiskFaults { crash_keep: 1.0, ..DiskFaults::none() });
-        assert_eq!(f.read_exact_at(0, 4).unwrap(), b"data", "still in the cache");
+        disk.set_faults(DiskFaults {
+            crash_keep: 1.0,
+            ..DiskFaults::none()
+        });
+        assert_eq!(
+            f.read_exact_at(0, 4).unwrap(),
+            b"data",
+            "still in the cache"
+        );
         f.sync().unwrap();
         disk.crash();
         let f = disk.open("d/f").unwrap();
@@ -623,7 +731,13 @@ mod tests {
 
     #[test]
     fn read_flips_are_transient_and_counted() {
-        let disk = SimDisk::new(ChaCha8Rng::seed_from_u64(5), DiskFaults { read_flip: 0.5, ..DiskFaults::none() });
+        let disk = SimDisk::new(
+            ChaCha8Rng::seed_from_u64(5),
+            DiskFaults {
+                read_flip: 0.5,
+                ..DiskFaults::none()
+            },
+        );
         disk.create_dir_all("d").unwrap();
         let f = disk.create("d/f").unwrap();
         f.write_at(0, &[0u8; 64]).unwrap();
@@ -642,7 +756,12 @@ mod tests {
         let run = |seed| {
             let disk = SimDisk::new(
                 ChaCha8Rng::seed_from_u64(seed),
-                DiskFaults { crash_keep: 0.4, crash_tear: 0.4, misdirect: 0.05, ..DiskFaults::none() },
+                DiskFaults {
+                    crash_keep: 0.4,
+                    crash_tear: 0.4,
+                    misdirect: 0.05,
+                    ..DiskFaults::none()
+                },
             );
             disk.create_dir_all("d").unwrap();
             let f = disk.create("d/f").unwrap();
@@ -654,7 +773,10 @@ mod tests {
             }
             disk.sync_dir("d").unwrap();
             disk.crash();
-            (odradek_core::io::disk::read_file(&disk, "d/f").unwrap(), disk.stats())
+            (
+                odradek_core::io::disk::read_file(&disk, "d/f").unwrap(),
+                disk.stats(),
+            )
         };
         assert_eq!(run(9), run(9));
         assert_ne!(run(9).0, run(10).0);

@@ -104,7 +104,14 @@ struct Weights {
 
 impl Weights {
     fn total(&self) -> u64 {
-        self.append + self.sync + self.read + self.lookup + self.advance_start + self.truncate + self.retention + self.new_epoch
+        self.append
+            + self.sync
+            + self.read
+            + self.lookup
+            + self.advance_start
+            + self.truncate
+            + self.retention
+            + self.new_epoch
     }
 }
 
@@ -147,8 +154,16 @@ pub fn run(opts: &RunOptions) -> RunReport {
     let config = LogConfig {
         segment_bytes: swarm_rng.between(200, 8192),
         segment_ms: swarm_rng.between(500, 60_000) as i64,
-        retention_bytes: if swarm_rng.chance(0.5) { -1 } else { swarm_rng.between(2_000, 40_000) as i64 },
-        retention_ms: if swarm_rng.chance(0.5) { -1 } else { swarm_rng.between(1_000, 30_000) as i64 },
+        retention_bytes: if swarm_rng.chance(0.5) {
+            -1
+        } else {
+            swarm_rng.between(2_000, 40_000) as i64
+        },
+        retention_ms: if swarm_rng.chance(0.5) {
+            -1
+        } else {
+            swarm_rng.between(1_000, 30_000) as i64
+        },
         index_interval_bytes: swarm_rng.between(32, 4096),
         max_message_bytes: 1 << 16,
         flush,
@@ -231,7 +246,14 @@ impl Run {
         if self.violation.is_none() {
             let v = format!("{kind}: {detail}");
             for d in self.disk.damage() {
-                trace!(self, "disk damage: {} at {}.{:06}ms in {}", d.kind, d.at_ns / MS, d.at_ns % MS, d.path);
+                trace!(
+                    self,
+                    "disk damage: {} at {}.{:06}ms in {}",
+                    d.kind,
+                    d.at_ns / MS,
+                    d.at_ns % MS,
+                    d.path
+                );
             }
             trace!(self, "VIOLATION {v}");
             self.violation = Some(v);
@@ -347,7 +369,10 @@ impl Run {
     /// operator's restart would: the process dies, the machine lives.
     fn restart_after_offline(&mut self, why: &str) {
         if !self.faults_on {
-            self.fail("liveness", format!("log went offline with faults off: {why}"));
+            self.fail(
+                "liveness",
+                format!("log went offline with faults off: {why}"),
+            );
             return;
         }
         trace!(self, "log offline ({why}); restarting the process");
@@ -373,7 +398,12 @@ impl Run {
         let mut logs = Vec::new();
         for p in 0..self.partitions {
             let buggify = Buggify::seeded(self.seed ^ ((p as u64) << 32) ^ (self.restarts << 40));
-            match Log::open_with_report(self.disk.clone(), &format!("p{p}"), self.config.clone(), buggify) {
+            match Log::open_with_report(
+                self.disk.clone(),
+                &format!("p{p}"),
+                self.config.clone(),
+                buggify,
+            ) {
                 Ok((log, report)) => {
                     trace!(
                         self,
@@ -395,7 +425,10 @@ impl Run {
                 Err(e) => {
                     trace!(self, "recovery of p{p} failed: {e}");
                     if !self.faults_on {
-                        self.fail("liveness", format!("recovery of p{p} failed with faults off: {e}"));
+                        self.fail(
+                            "liveness",
+                            format!("recovery of p{p} failed with faults off: {e}"),
+                        );
                         return;
                     }
                     self.disk.kill_process();
@@ -422,20 +455,29 @@ impl Run {
         let start = log.log_start_offset();
         let end = log.end_offset();
         if start < model.start {
-            return self.fail("log-start-regressed", format!("p{p}: log start {} went back to {start}", model.start));
+            return self.fail(
+                "log-start-regressed",
+                format!("p{p}: log start {} went back to {start}", model.start),
+            );
         }
         let allowed_start = model.start.max(model.maybe_start.unwrap_or(model.start));
         let lost_by_start = model.batches.values().any(|b| b.durable && b.last < start);
-        if start > allowed_start && lost_by_start && !excused.is_some_and(|e| e < start) {
+        if start > allowed_start && lost_by_start && excused.is_none_or(|e| e >= start) {
             return self.fail(
                 "lost-write",
-                format!("p{p}: log start jumped from {} to {start} over durable batches", model.start),
+                format!(
+                    "p{p}: log start jumped from {} to {start} over durable batches",
+                    model.start
+                ),
             );
         }
         if log.durable_end() != end {
             return self.fail(
                 "state-mismatch",
-                format!("p{p}: recovery left durable end {} below end {end}", log.durable_end()),
+                format!(
+                    "p{p}: recovery left durable end {} below end {end}",
+                    log.durable_end()
+                ),
             );
         }
         let mut found: BTreeMap<i64, ModelBatch> = BTreeMap::new();
@@ -464,29 +506,55 @@ impl Run {
                             Some(_) => {
                                 return self.fail(
                                     "inconsistent-offsets",
-                                    format!("p{p}: offset {} reads back different bytes after recovery", h.base_offset),
+                                    format!(
+                                        "p{p}: offset {} reads back different bytes after recovery",
+                                        h.base_offset
+                                    ),
                                 )
                             }
                             None => {
                                 return self.fail(
                                     "phantom-read",
-                                    format!("p{p}: recovered batch at {} was never written", h.base_offset),
+                                    format!(
+                                        "p{p}: recovered batch at {} was never written",
+                                        h.base_offset
+                                    ),
                                 )
                             }
                         }
-                        found.insert(h.base_offset, ModelBatch { bytes, last: h.last_offset(), durable: true });
+                        found.insert(
+                            h.base_offset,
+                            ModelBatch {
+                                bytes,
+                                last: h.last_offset(),
+                                durable: true,
+                            },
+                        );
                     }
                     offset = r.batches.last().expect("non-empty").next_offset();
                 }
                 Err(LogError::Corrupt { offset: o, detail }) => {
                     if excused.is_some_and(|e| o >= e) {
-                        trace!(self, "p{p}: corrupt at {o} after disk damage (excused): {detail}");
+                        trace!(
+                            self,
+                            "p{p}: corrupt at {o} after disk damage (excused): {detail}"
+                        );
                         unverified_from = Some(offset);
                         break;
                     }
-                    return self.fail("spurious-corruption", format!("p{p}: offset {o} refused as corrupt with no disk damage: {detail}"));
+                    return self.fail(
+                        "spurious-corruption",
+                        format!(
+                            "p{p}: offset {o} refused as corrupt with no disk damage: {detail}"
+                        ),
+                    );
                 }
-                Err(e) => return self.fail("state-mismatch", format!("p{p}: reading recovered log at {offset}: {e}")),
+                Err(e) => {
+                    return self.fail(
+                        "state-mismatch",
+                        format!("p{p}: reading recovered log at {offset}: {e}"),
+                    )
+                }
             }
         }
         // Past damage that stopped the read, what the model knows stands in
@@ -494,13 +562,20 @@ impl Run {
         if let Some(from) = unverified_from {
             for (&base, b) in model.batches.range(from..) {
                 if b.last < end {
-                    found.insert(base, ModelBatch { durable: true, ..b.clone() });
+                    found.insert(
+                        base,
+                        ModelBatch {
+                            durable: true,
+                            ..b.clone()
+                        },
+                    );
                 }
             }
         }
         let maybe_truncated = model.maybe_truncated_from;
         for (&base, b) in &model.batches {
-            let excusable = excused.is_some_and(|e| b.last >= e) || maybe_truncated.is_some_and(|t| b.last >= t);
+            let excusable = excused.is_some_and(|e| b.last >= e)
+                || maybe_truncated.is_some_and(|t| b.last >= t);
             if b.durable && b.last >= start && !found.contains_key(&base) && !excusable {
                 return self.fail(
                     "lost-write",
@@ -523,7 +598,10 @@ impl Run {
         if excused.is_none() && log.leader_epochs() != &model.epochs {
             let got = log.leader_epochs().clone();
             let want = model.epochs.clone();
-            self.fail("state-mismatch", format!("p{p}: leader epochs {got:?} after recovery, expected {want:?}"));
+            self.fail(
+                "state-mismatch",
+                format!("p{p}: leader epochs {got:?} after recovery, expected {want:?}"),
+            );
         }
         // Where damage made the history unknowable, adopt the log's.
         if excused.is_some() {
@@ -590,7 +668,11 @@ impl Run {
             return self.fail("state-mismatch", detail);
         }
         if log.durable_end() < m.durable_end.min(m.end) {
-            let detail = format!("p{p}: durable end {} fell below {}", log.durable_end(), m.durable_end);
+            let detail = format!(
+                "p{p}: durable end {} fell below {}",
+                log.durable_end(),
+                m.durable_end
+            );
             self.fail("durable-end-regressed", detail);
         }
     }
@@ -620,19 +702,35 @@ impl Run {
         let result = self.log(p).append_as_leader(&batch, epoch, wall);
         match result {
             Ok(info) => {
-                trace!(self, "p{p}: append {}..={} durable={}", info.base_offset, info.last_offset, info.durable);
+                trace!(
+                    self,
+                    "p{p}: append {}..={} durable={}",
+                    info.base_offset,
+                    info.last_offset,
+                    info.durable
+                );
                 let end = self.models[p].end;
                 if info.base_offset != end {
                     return self.fail(
                         "inconsistent-offsets",
-                        format!("p{p}: append got base offset {}, log end was {end}", info.base_offset),
+                        format!(
+                            "p{p}: append got base offset {}, log end was {end}",
+                            info.base_offset
+                        ),
                     );
                 }
                 let m = &mut self.models[p];
                 let mut stored = batch;
                 batch::set_base_offset(&mut stored, info.base_offset);
                 batch::set_partition_leader_epoch(&mut stored, epoch);
-                m.batches.insert(info.base_offset, ModelBatch { bytes: stored, last: info.last_offset, durable: false });
+                m.batches.insert(
+                    info.base_offset,
+                    ModelBatch {
+                        bytes: stored,
+                        last: info.last_offset,
+                        durable: false,
+                    },
+                );
                 m.epochs.assign(epoch, info.base_offset);
                 m.end = info.last_offset + 1;
                 if info.durable {
@@ -649,15 +747,27 @@ impl Run {
                 let mut stored = batch;
                 batch::set_base_offset(&mut stored, base);
                 batch::set_partition_leader_epoch(&mut stored, epoch);
-                let last = batch::BatchHeader::parse(&stored).expect("built").last_offset();
-                m.batches.insert(base, ModelBatch { bytes: stored, last, durable: false });
+                let last = batch::BatchHeader::parse(&stored)
+                    .expect("built")
+                    .last_offset();
+                m.batches.insert(
+                    base,
+                    ModelBatch {
+                        bytes: stored,
+                        last,
+                        durable: false,
+                    },
+                );
                 m.epochs.assign(epoch, base);
                 self.restart_after_offline(&why)
             }
             Err(LogError::Disk(e)) => {
                 trace!(self, "p{p}: append failed: {e}");
                 if !self.faults_on {
-                    self.fail("liveness", format!("p{p}: append failed with faults off: {e}"));
+                    self.fail(
+                        "liveness",
+                        format!("p{p}: append failed with faults off: {e}"),
+                    );
                 }
             }
             Err(e) => self.fail("state-mismatch", format!("p{p}: valid append refused: {e}")),
@@ -697,12 +807,18 @@ impl Run {
                 let m = &mut self.models[p];
                 if d != m.end {
                     let end = m.end;
-                    return self.fail("state-mismatch", format!("p{p}: sync reported {d}, log end {end}"));
+                    return self.fail(
+                        "state-mismatch",
+                        format!("p{p}: sync reported {d}, log end {end}"),
+                    );
                 }
                 m.mark_durable_below(d);
             }
             Err(LogError::Offline(why)) => self.restart_after_offline(&why),
-            Err(e) => self.fail("state-mismatch", format!("p{p}: flush failed without going offline: {e}")),
+            Err(e) => self.fail(
+                "state-mismatch",
+                format!("p{p}: flush failed without going offline: {e}"),
+            ),
         }
     }
 
@@ -714,9 +830,16 @@ impl Run {
         let result = self.log(p).read(offset, max);
         match result {
             Ok(r) => {
-                trace!(self, "p{p}: read {offset} max {max} -> {} batches", r.batches.len());
+                trace!(
+                    self,
+                    "p{p}: read {offset} max {max} -> {} batches",
+                    r.batches.len()
+                );
                 if offset < end && r.batches.is_empty() {
-                    return self.fail("poll-skip", format!("p{p}: read at {offset} below end {end} returned nothing"));
+                    return self.fail(
+                        "poll-skip",
+                        format!("p{p}: read at {offset} below end {end} returned nothing"),
+                    );
                 }
                 let mut pos = 0;
                 let mut next: Option<i64> = None;
@@ -724,16 +847,26 @@ impl Run {
                     let bytes = &r.bytes[pos..pos + h.total_size()];
                     pos += h.total_size();
                     if batch::validate(bytes).is_err() {
-                        return self.fail("inconsistent-offsets", format!("p{p}: read at {offset} served an invalid batch"));
+                        return self.fail(
+                            "inconsistent-offsets",
+                            format!("p{p}: read at {offset} served an invalid batch"),
+                        );
                     }
                     if i == 0 && (h.base_offset > offset || h.last_offset() < offset) {
                         return self.fail(
                             "inconsistent-offsets",
-                            format!("p{p}: read at {offset} began with batch {}..={}", h.base_offset, h.last_offset()),
+                            format!(
+                                "p{p}: read at {offset} began with batch {}..={}",
+                                h.base_offset,
+                                h.last_offset()
+                            ),
                         );
                     }
                     if next.is_some_and(|n| n != h.base_offset) {
-                        return self.fail("inconsistent-offsets", format!("p{p}: read at {offset} skipped to {}", h.base_offset));
+                        return self.fail(
+                            "inconsistent-offsets",
+                            format!("p{p}: read at {offset} skipped to {}", h.base_offset),
+                        );
                     }
                     next = Some(h.next_offset());
                     match self.models[p].batches.get(&h.base_offset) {
@@ -741,21 +874,37 @@ impl Run {
                         Some(_) => {
                             return self.fail(
                                 "inconsistent-offsets",
-                                format!("p{p}: offset {} read back different bytes than written", h.base_offset),
+                                format!(
+                                    "p{p}: offset {} read back different bytes than written",
+                                    h.base_offset
+                                ),
                             )
                         }
-                        None => return self.fail("phantom-read", format!("p{p}: batch at {} was never written", h.base_offset)),
+                        None => {
+                            return self.fail(
+                                "phantom-read",
+                                format!("p{p}: batch at {} was never written", h.base_offset),
+                            )
+                        }
                     }
                 }
             }
             Err(LogError::Corrupt { offset: o, detail }) => {
                 trace!(self, "p{p}: read {offset} refused: corrupt at {o}");
-                if !excused.is_some_and(|e| o >= e) {
-                    self.fail("spurious-corruption", format!("p{p}: offset {o} refused as corrupt with no disk damage: {detail}"));
+                if excused.is_none_or(|e| o < e) {
+                    self.fail(
+                        "spurious-corruption",
+                        format!(
+                            "p{p}: offset {o} refused as corrupt with no disk damage: {detail}"
+                        ),
+                    );
                 }
             }
             Err(LogError::Offline(why)) => self.restart_after_offline(&why),
-            Err(e) => self.fail("state-mismatch", format!("p{p}: read at {offset} in [{start}, {end}] failed: {e}")),
+            Err(e) => self.fail(
+                "state-mismatch",
+                format!("p{p}: read at {offset} in [{start}, {end}] failed: {e}"),
+            ),
         }
     }
 
@@ -767,7 +916,10 @@ impl Run {
         'outer: for (&base, b) in &m.batches {
             for r in batch::decode_records(&b.bytes).expect("model batches decode") {
                 let h = batch::BatchHeader::parse(&b.bytes).expect("valid");
-                let (o, t) = (base + r.offset_delta as i64, h.base_timestamp + r.timestamp_delta);
+                let (o, t) = (
+                    base + r.offset_delta as i64,
+                    h.base_timestamp + r.timestamp_delta,
+                );
                 if o >= m.start && t >= ts {
                     expected = Some((o, t));
                     break 'outer;
@@ -785,12 +937,20 @@ impl Run {
                     excused_from.is_some_and(|e| answer.is_none_or(|(o, _)| o >= e))
                 };
                 if got != expected && !(damaged(expected) || damaged(got)) {
-                    self.fail("state-mismatch", format!("p{p}: offset for timestamp {ts} is {got:?}, records say {expected:?}"));
+                    self.fail(
+                        "state-mismatch",
+                        format!(
+                            "p{p}: offset for timestamp {ts} is {got:?}, records say {expected:?}"
+                        ),
+                    );
                 }
             }
             Err(LogError::Corrupt { .. }) if excused => {}
             Err(LogError::Offline(why)) => self.restart_after_offline(&why),
-            Err(e) => self.fail("state-mismatch", format!("p{p}: offset for timestamp {ts} failed: {e}")),
+            Err(e) => self.fail(
+                "state-mismatch",
+                format!("p{p}: offset for timestamp {ts} failed: {e}"),
+            ),
         }
     }
 
@@ -802,7 +962,10 @@ impl Run {
             Ok(s) => {
                 trace!(self, "p{p}: delete records below {to} -> start {s}");
                 if s != to {
-                    return self.fail("state-mismatch", format!("p{p}: delete records to {to} left start at {s}"));
+                    return self.fail(
+                        "state-mismatch",
+                        format!("p{p}: delete records to {to} left start at {s}"),
+                    );
                 }
                 self.models[p].drop_below(s);
             }
@@ -811,7 +974,10 @@ impl Run {
                 m.maybe_start = Some(m.maybe_start.unwrap_or(to).max(to));
                 self.restart_after_offline(&why)
             }
-            Err(e) => self.fail("state-mismatch", format!("p{p}: delete records to {to} failed: {e}")),
+            Err(e) => self.fail(
+                "state-mismatch",
+                format!("p{p}: delete records to {to} failed: {e}"),
+            ),
         }
     }
 
@@ -825,14 +991,20 @@ impl Run {
             Ok(e) if to >= end => {
                 trace!(self, "p{p}: truncate to {to} at the end -> {e}");
                 if e != end {
-                    self.fail("state-mismatch", format!("p{p}: truncate to the end {to} moved the end to {e}"));
+                    self.fail(
+                        "state-mismatch",
+                        format!("p{p}: truncate to the end {to} moved the end to {e}"),
+                    );
                 }
             }
             Ok(e) => {
                 trace!(self, "p{p}: truncate to {to} -> end {e}");
                 let m = &mut self.models[p];
                 if e > to.max(m.start) {
-                    return self.fail("state-mismatch", format!("p{p}: truncate to {to} left end at {e}"));
+                    return self.fail(
+                        "state-mismatch",
+                        format!("p{p}: truncate to {to} left end at {e}"),
+                    );
                 }
                 m.batches.retain(|_, b| b.last < e);
                 m.end = e.max(m.start);
@@ -848,7 +1020,10 @@ impl Run {
                 m.maybe_truncated_from = Some(m.maybe_truncated_from.unwrap_or(to).min(to));
                 self.restart_after_offline(&why)
             }
-            Err(e) => self.fail("state-mismatch", format!("p{p}: truncate to {to} failed: {e}")),
+            Err(e) => self.fail(
+                "state-mismatch",
+                format!("p{p}: truncate to {to} failed: {e}"),
+            ),
         }
     }
 
@@ -860,11 +1035,17 @@ impl Run {
                 let s = self.log(p).log_start_offset();
                 trace!(self, "p{p}: retention deleted {n} segments, start {s}");
                 if s < self.models[p].start {
-                    return self.fail("log-start-regressed", format!("p{p}: retention moved start back to {s}"));
+                    return self.fail(
+                        "log-start-regressed",
+                        format!("p{p}: retention moved start back to {s}"),
+                    );
                 }
                 let m = &self.models[p];
                 if s > m.start && s > m.durable_end {
-                    return self.fail("state-mismatch", format!("p{p}: retention deleted past the durable end to {s}"));
+                    return self.fail(
+                        "state-mismatch",
+                        format!("p{p}: retention deleted past the durable end to {s}"),
+                    );
                 }
                 self.models[p].drop_below(s);
             }
@@ -898,11 +1079,23 @@ impl Run {
                     let mut stored = batch;
                     batch::set_base_offset(&mut stored, info.base_offset);
                     batch::set_partition_leader_epoch(&mut stored, epoch);
-                    m.batches.insert(info.base_offset, ModelBatch { bytes: stored, last: info.last_offset, durable: false });
+                    m.batches.insert(
+                        info.base_offset,
+                        ModelBatch {
+                            bytes: stored,
+                            last: info.last_offset,
+                            durable: false,
+                        },
+                    );
                     m.epochs.assign(epoch, info.base_offset);
                     m.end = info.last_offset + 1;
                 }
-                Err(e) => return self.fail("liveness", format!("p{p}: append after faults stopped failed: {e}")),
+                Err(e) => {
+                    return self.fail(
+                        "liveness",
+                        format!("p{p}: append after faults stopped failed: {e}"),
+                    )
+                }
             }
             let flushed = self.log(p).flush();
             self.after_flush(p, flushed);
@@ -912,8 +1105,17 @@ impl Run {
         self.disk.crash();
         self.restart();
         if self.violation.is_none() && self.logs.is_none() {
-            self.fail("liveness", "node did not come back after the final crash".into());
+            self.fail(
+                "liveness",
+                "node did not come back after the final crash".into(),
+            );
         }
-        trace!(self, "done: restarts={} appended={} disk={:?}", self.restarts, self.appended, self.disk.stats());
+        trace!(
+            self,
+            "done: restarts={} appended={} disk={:?}",
+            self.restarts,
+            self.appended,
+            self.disk.stats()
+        );
     }
 }

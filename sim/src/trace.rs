@@ -30,7 +30,12 @@ impl Trace {
     /// Records one line at simulated time `now_ns`.
     pub fn record(&mut self, now_ns: u64, args: fmt::Arguments<'_>) {
         self.buf.clear();
-        let _ = write!(self.buf, "{:>6}.{:06} ", now_ns / 1_000_000, now_ns % 1_000_000);
+        let _ = write!(
+            self.buf,
+            "{:>6}.{:06} ",
+            now_ns / 1_000_000,
+            now_ns % 1_000_000
+        );
         let _ = self.buf.write_fmt(args);
         for b in self.buf.bytes().chain(std::iter::once(b'\n')) {
             self.hash ^= b as u64;

@@ -12,7 +12,7 @@ use std::ops::{Add, Sub};
 
 /// A monotonic instant in nanoseconds since an arbitrary, per-process origin.
 ///
-/// Deliberately not `std::time::Instant`: the simulator must be able to make
+/// Deliberately not the standard library's `Instant`: the simulator must make
 /// one out of thin air, and two of them must compare the same in every run.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Instant(pub u64);

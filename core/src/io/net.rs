@@ -40,7 +40,13 @@ pub struct Envelope {
 
 impl fmt::Debug for Envelope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}->{:?} ({} bytes)", self.from, self.to, self.payload.len())
+        write!(
+            f,
+            "{:?}->{:?} ({} bytes)",
+            self.from,
+            self.to,
+            self.payload.len()
+        )
     }
 }
 

@@ -74,13 +74,22 @@ pub const ATTR_CONTROL: i16 = 1 << 5;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BatchError {
     /// Fewer bytes than a header, or than the header's length says.
-    Truncated { have: usize, need: usize },
+    Truncated {
+        have: usize,
+        need: usize,
+    },
     BadLength(i32),
     BadMagic(i8),
-    CrcMismatch { stored: u32, computed: u32 },
+    CrcMismatch {
+        stored: u32,
+        computed: u32,
+    },
     BadCompression(i16),
     /// recordCount does not fit lastOffsetDelta, or is negative.
-    BadRecordCount { count: i32, last_offset_delta: i32 },
+    BadRecordCount {
+        count: i32,
+        last_offset_delta: i32,
+    },
     /// A record inside the batch could not be decoded.
     BadRecord(String),
 }
@@ -94,7 +103,10 @@ impl fmt::Display for BatchError {
             BatchError::BadLength(l) => write!(f, "invalid batch length {l}"),
             BatchError::BadMagic(m) => write!(f, "unsupported magic {m}"),
             BatchError::CrcMismatch { stored, computed } => {
-                write!(f, "crc mismatch: stored {stored:08x}, computed {computed:08x}")
+                write!(
+                    f,
+                    "crc mismatch: stored {stored:08x}, computed {computed:08x}"
+                )
             }
             BatchError::BadCompression(a) => write!(f, "unknown compression in attributes {a}"),
             BatchError::BadRecordCount {
@@ -433,7 +445,8 @@ fn get_bytes(buf: &[u8], pos: &mut usize) -> Result<Option<Vec<u8>>, BatchError>
 impl Record {
     fn encode(&self, out: &mut Vec<u8>) {
         let mut body = Vec::with_capacity(
-            16 + self.key.as_ref().map_or(0, |k| k.len()) + self.value.as_ref().map_or(0, |v| v.len()),
+            16 + self.key.as_ref().map_or(0, |k| k.len())
+                + self.value.as_ref().map_or(0, |v| v.len()),
         );
         body.push(0); // record attributes: unused in v2
         put_varlong(&mut body, self.timestamp_delta);
@@ -452,7 +465,9 @@ impl Record {
     fn decode(buf: &[u8], pos: &mut usize) -> Result<Record, BatchError> {
         let len = get_varint(buf, pos)?;
         if len < 0 {
-            return Err(BatchError::BadRecord(format!("negative record length {len}")));
+            return Err(BatchError::BadRecord(format!(
+                "negative record length {len}"
+            )));
         }
         let end = pos
             .checked_add(len as usize)
@@ -469,7 +484,9 @@ impl Record {
         let value = get_bytes(body, pos)?;
         let n_headers = get_varint(body, pos)?;
         if n_headers < 0 {
-            return Err(BatchError::BadRecord(format!("negative header count {n_headers}")));
+            return Err(BatchError::BadRecord(format!(
+                "negative header count {n_headers}"
+            )));
         }
         let mut headers = Vec::new();
         for _ in 0..n_headers {

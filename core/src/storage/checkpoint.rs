@@ -113,8 +113,14 @@ impl LeaderEpochCache {
         for _ in 0..n {
             let line = lines.next().ok_or("fewer entries than the count")?;
             let mut parts = line.split(' ');
-            let e: i32 = parts.next().and_then(|p| p.parse().ok()).ok_or("bad epoch")?;
-            let o: i64 = parts.next().and_then(|p| p.parse().ok()).ok_or("bad offset")?;
+            let e: i32 = parts
+                .next()
+                .and_then(|p| p.parse().ok())
+                .ok_or("bad epoch")?;
+            let o: i64 = parts
+                .next()
+                .and_then(|p| p.parse().ok())
+                .ok_or("bad offset")?;
             if parts.next().is_some() || o < 0 || !cache.assign(e, o) {
                 return Err(format!("invalid entry {line:?}"));
             }
@@ -139,7 +145,10 @@ pub(crate) fn unseal(bytes: &[u8]) -> Result<&str, String> {
     let (body, crc_line) = text.split_at(crc_at);
     let stored = u32::from_str_radix(crc_line.trim_start_matches("crc ").trim_end(), 16)
         .map_err(|_| "bad crc line")?;
-    if !crc_line.ends_with('\n') || crc_line.len() != 13 || crc32c::crc32c(body.as_bytes()) != stored {
+    if !crc_line.ends_with('\n')
+        || crc_line.len() != 13
+        || crc32c::crc32c(body.as_bytes()) != stored
+    {
         return Err("checksum mismatch".into());
     }
     Ok(body)
@@ -225,14 +234,20 @@ mod tests {
         c.assign(0, 0);
         c.assign(7, 100);
         let bytes = c.encode();
-        assert!(bytes.starts_with(b"0\n2\n0 0\n7 100\ncrc "), "Kafka's layout, then a crc line");
+        assert!(
+            bytes.starts_with(b"0\n2\n0 0\n7 100\ncrc "),
+            "Kafka's layout, then a crc line"
+        );
         assert_eq!(LeaderEpochCache::decode(&bytes).unwrap(), c);
         let sealed = |body: &str| seal(body.to_string());
         assert!(LeaderEpochCache::decode(&sealed("0\n3\n0 0\n7 100\n")).is_err());
         assert!(LeaderEpochCache::decode(&sealed("0\n2\n7 100\n0 0\n")).is_err());
         assert!(LeaderEpochCache::decode(&sealed("1\n0\n")).is_err());
         assert!(LeaderEpochCache::decode(&sealed("0\n1\n0 0\n5 5\n")).is_err());
-        assert!(LeaderEpochCache::decode(b"0\n2\n0 0\n7 100\n").is_err(), "no crc line");
+        assert!(
+            LeaderEpochCache::decode(b"0\n2\n0 0\n7 100\n").is_err(),
+            "no crc line"
+        );
         // The flip the simulator found: a digit that still parses.
         let mut flipped = bytes.clone();
         let at = flipped.iter().position(|&b| b == b'7').unwrap();
@@ -252,7 +267,10 @@ mod tests {
         for i in 0..bytes.len() {
             let mut b = bytes.clone();
             b[i] ^= 0x04;
-            assert!(PartitionCheckpoint::decode(&b).is_err(), "flip at {i} undetected");
+            assert!(
+                PartitionCheckpoint::decode(&b).is_err(),
+                "flip at {i} undetected"
+            );
         }
         assert!(PartitionCheckpoint::decode(&bytes[..bytes.len() - 3]).is_err());
     }

@@ -77,7 +77,10 @@ impl OffsetIndex {
     /// entries (Kafka preallocates index files) end the index.
     pub fn decode(bytes: &[u8], data_size: u64, max_rel: u32) -> Result<OffsetIndex, String> {
         if !bytes.len().is_multiple_of(OFFSET_ENTRY) {
-            return Err(format!("offset index length {} is not a multiple of 8", bytes.len()));
+            return Err(format!(
+                "offset index length {} is not a multiple of 8",
+                bytes.len()
+            ));
         }
         let mut idx = OffsetIndex::default();
         for (i, e) in bytes.chunks_exact(OFFSET_ENTRY).enumerate() {
@@ -87,7 +90,9 @@ impl OffsetIndex {
                 break;
             }
             if pos as u64 >= data_size.max(1) || rel > max_rel || !idx.push(rel, pos) {
-                return Err(format!("offset index entry {i} ({rel}, {pos}) is out of order or range"));
+                return Err(format!(
+                    "offset index entry {i} ({rel}, {pos}) is out of order or range"
+                ));
             }
         }
         Ok(idx)
@@ -157,7 +162,10 @@ impl TimeIndex {
 
     pub fn decode(bytes: &[u8], max_rel: u32) -> Result<TimeIndex, String> {
         if !bytes.len().is_multiple_of(TIME_ENTRY) {
-            return Err(format!("time index length {} is not a multiple of 12", bytes.len()));
+            return Err(format!(
+                "time index length {} is not a multiple of 12",
+                bytes.len()
+            ));
         }
         let mut idx = TimeIndex::default();
         for (i, e) in bytes.chunks_exact(TIME_ENTRY).enumerate() {
@@ -167,7 +175,9 @@ impl TimeIndex {
                 break;
             }
             if rel > max_rel || !idx.push(ts, rel) {
-                return Err(format!("time index entry {i} ({ts}, {rel}) is out of order or range"));
+                return Err(format!(
+                    "time index entry {i} ({ts}, {rel}) is out of order or range"
+                ));
             }
         }
         Ok(idx)
@@ -211,8 +221,14 @@ mod tests {
         let bytes = i.encode();
         assert_eq!(OffsetIndex::decode(&bytes, 200, 10).unwrap(), i);
         assert!(OffsetIndex::decode(&bytes[..7], 200, 10).is_err());
-        assert!(OffsetIndex::decode(&bytes, 100, 10).is_err(), "position past data");
-        assert!(OffsetIndex::decode(&bytes, 200, 3).is_err(), "offset past segment");
+        assert!(
+            OffsetIndex::decode(&bytes, 100, 10).is_err(),
+            "position past data"
+        );
+        assert!(
+            OffsetIndex::decode(&bytes, 200, 3).is_err(),
+            "offset past segment"
+        );
         let mut flipped = bytes.clone();
         flipped[8] = 0xff;
         assert!(OffsetIndex::decode(&flipped, 200, 10).is_err());

@@ -80,7 +80,11 @@ pub enum LogError {
     BatchTooLarge { size: usize, max: usize },
     /// A replicated batch that does not continue the log.
     NonContiguous { base_offset: i64, expected: i64 },
-    OffsetOutOfRange { offset: i64, log_start: i64, log_end: i64 },
+    OffsetOutOfRange {
+        offset: i64,
+        log_start: i64,
+        log_end: i64,
+    },
     /// Stored data failed its checksum on every try: it is not served
     /// (Kafka: KAFKA_STORAGE_ERROR / CORRUPT_MESSAGE to the reader).
     Corrupt { offset: i64, detail: String },
@@ -96,14 +100,28 @@ impl fmt::Display for LogError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LogError::InvalidBatch(e) => write!(f, "invalid batch: {e}"),
-            LogError::BatchTooLarge { size, max } => write!(f, "batch of {size} bytes exceeds {max}"),
-            LogError::NonContiguous { base_offset, expected } => {
-                write!(f, "batch at offset {base_offset} does not continue the log at {expected}")
+            LogError::BatchTooLarge { size, max } => {
+                write!(f, "batch of {size} bytes exceeds {max}")
             }
-            LogError::OffsetOutOfRange { offset, log_start, log_end } => {
+            LogError::NonContiguous {
+                base_offset,
+                expected,
+            } => {
+                write!(
+                    f,
+                    "batch at offset {base_offset} does not continue the log at {expected}"
+                )
+            }
+            LogError::OffsetOutOfRange {
+                offset,
+                log_start,
+                log_end,
+            } => {
                 write!(f, "offset {offset} outside [{log_start}, {log_end}]")
             }
-            LogError::Corrupt { offset, detail } => write!(f, "corrupt data at offset {offset}: {detail}"),
+            LogError::Corrupt { offset, detail } => {
+                write!(f, "corrupt data at offset {offset}: {detail}")
+            }
             LogError::Disk(e) => write!(f, "disk: {e}"),
             LogError::Offline(why) => write!(f, "log offline: {why}"),
         }
@@ -180,7 +198,12 @@ pub struct Log<D: Disk> {
 
 impl<D: Disk> Log<D> {
     /// Opens the log in `dir`, creating it if absent, and recovers it.
-    pub fn open(disk: D, dir: &str, config: LogConfig, buggify: Buggify) -> Result<Log<D>, LogError> {
+    pub fn open(
+        disk: D,
+        dir: &str,
+        config: LogConfig,
+        buggify: Buggify,
+    ) -> Result<Log<D>, LogError> {
         Self::open_with_report(disk, dir, config, buggify).map(|(log, _)| log)
     }
 
@@ -238,7 +261,9 @@ impl<D: Disk> Log<D> {
         }
         let data = self.disk.create(&self.path(&segment::data_name(base)))?;
         let index = self.disk.create(&self.path(&segment::index_name(base)))?;
-        let time = self.disk.create(&self.path(&segment::time_index_name(base)))?;
+        let time = self
+            .disk
+            .create(&self.path(&segment::time_index_name(base)))?;
         self.dir_dirty = true;
         Ok(Segment::new(base, data, index, time))
     }
@@ -251,7 +276,10 @@ impl<D: Disk> Log<D> {
         }
         let file = self.disk.create(&path)?;
         self.dir_dirty = true;
-        self.segments.get_mut(&base).expect("segment to seal").seal(file)
+        self.segments
+            .get_mut(&base)
+            .expect("segment to seal")
+            .seal(file)
     }
 
     fn remove_segment_files(&mut self, base: i64) -> Result<(), DiskError> {
@@ -276,7 +304,10 @@ impl<D: Disk> Log<D> {
             self.disk.remove(&self.path(name))?;
             self.dir_dirty = true;
         }
-        let mut bases: Vec<i64> = names.iter().filter_map(|n| segment::parse_data_name(n)).collect();
+        let mut bases: Vec<i64> = names
+            .iter()
+            .filter_map(|n| segment::parse_data_name(n))
+            .collect();
         bases.sort_unstable();
         // Index files whose data file is gone are leftovers of a deletion
         // that a crash interrupted.
@@ -286,7 +317,9 @@ impl<D: Disk> Log<D> {
                 .or_else(|| name.strip_suffix(".timeindex"))
                 .or_else(|| name.strip_suffix(".seal"));
             if let Some(stem) = stem {
-                if segment::parse_data_name(&format!("{stem}.log")).is_none_or(|b| !bases.contains(&b)) {
+                if segment::parse_data_name(&format!("{stem}.log"))
+                    .is_none_or(|b| !bases.contains(&b))
+                {
                     self.disk.remove(&self.path(name))?;
                     self.dir_dirty = true;
                 }
@@ -298,7 +331,9 @@ impl<D: Disk> Log<D> {
         for name in PARTITION_CHECKPOINTS {
             match disk::read_file(&self.disk, &self.path(name)) {
                 Ok(bytes) => match PartitionCheckpoint::decode(&bytes) {
-                    Ok(cp) if checkpoint.is_none_or(|c| cp.sequence > c.sequence) => checkpoint = Some(cp),
+                    Ok(cp) if checkpoint.is_none_or(|c| cp.sequence > c.sequence) => {
+                        checkpoint = Some(cp)
+                    }
                     Ok(_) => {}
                     Err(e) => problems.push(format!("{name} unreadable: {e}")),
                 },
@@ -352,7 +387,11 @@ impl<D: Disk> Log<D> {
                     report.indexes_rebuilt += 1;
                 }
             } else {
-                let min_next = self.segments.values().next_back().map_or(base, |s| s.next_offset);
+                let min_next = self
+                    .segments
+                    .values()
+                    .next_back()
+                    .map_or(base, |s| s.next_offset);
                 let (n, stop) = seg.recover_from(0, min_next.max(base), interval, true);
                 report.batches_scanned += n;
                 if let Some(stop) = stop {
@@ -415,9 +454,9 @@ impl<D: Disk> Log<D> {
         // scanned batch's epoch (which recovery just read anyway).
         self.epochs = match disk::read_file(&self.disk, &self.path(LEADER_EPOCH_CHECKPOINT)) {
             Ok(bytes) => LeaderEpochCache::decode(&bytes).unwrap_or_else(|e| {
-                report
-                    .corruption
-                    .push(format!("leader-epoch-checkpoint unreadable ({e}); rebuilt from the log"));
+                report.corruption.push(format!(
+                    "leader-epoch-checkpoint unreadable ({e}); rebuilt from the log"
+                ));
                 self.epochs_dirty = true;
                 LeaderEpochCache::default()
             }),
@@ -467,7 +506,8 @@ impl<D: Disk> Log<D> {
     ) -> Result<bool, DiskError> {
         let base = seg.base_offset;
         let size = seg.data.len()?;
-        let read_all = |f: &D::File| -> Result<Vec<u8>, DiskError> { f.read_exact_at(0, f.len()? as usize) };
+        let read_all =
+            |f: &D::File| -> Result<Vec<u8>, DiskError> { f.read_exact_at(0, f.len()? as usize) };
         let seal = match self.disk.open(&self.path(&segment::seal_name(base))) {
             Ok(f) => Some((segment::SealRecord::decode(&read_all(&f)?), f)),
             Err(DiskError::NotFound(_)) => None,
@@ -533,19 +573,22 @@ impl<D: Disk> Log<D> {
             match agreed {
                 Some(Ok(r)) if !r.batches.is_empty() => {
                     for h in &r.batches {
-                        self.epochs_dirty |= self.epochs.assign(h.partition_leader_epoch, h.base_offset);
+                        self.epochs_dirty |=
+                            self.epochs.assign(h.partition_leader_epoch, h.base_offset);
                     }
                     offset = r.batches.last().expect("non-empty").next_offset();
                 }
                 Some(Ok(_)) => break,
                 Some(Err(e)) => {
-                    report.corruption.push(format!("epoch rebuild stopped at {offset}: {e}"));
+                    report
+                        .corruption
+                        .push(format!("epoch rebuild stopped at {offset}: {e}"));
                     break;
                 }
                 None => {
-                    report
-                        .corruption
-                        .push(format!("epoch rebuild stopped at {offset}: reads keep disagreeing"));
+                    report.corruption.push(format!(
+                        "epoch rebuild stopped at {offset}: reads keep disagreeing"
+                    ));
                     break;
                 }
             }
@@ -611,7 +654,10 @@ impl<D: Disk> Log<D> {
     }
 
     fn active(&self) -> &Segment<D::File> {
-        self.segments.values().next_back().expect("a log always has a segment")
+        self.segments
+            .values()
+            .next_back()
+            .expect("a log always has a segment")
     }
 
     fn check_online(&self) -> Result<(), LogError> {
@@ -634,7 +680,12 @@ impl<D: Disk> Log<D> {
     /// Appends a producer's batch as the leader: assigns the next offsets,
     /// stamps `leader_epoch`, and returns where it landed. Durable only if
     /// the flush policy made it so (`AppendInfo::durable`).
-    pub fn append_as_leader(&mut self, batch: &[u8], leader_epoch: i32, wall_ms: i64) -> Result<AppendInfo, LogError> {
+    pub fn append_as_leader(
+        &mut self,
+        batch: &[u8],
+        leader_epoch: i32,
+        wall_ms: i64,
+    ) -> Result<AppendInfo, LogError> {
         self.check_online()?;
         let mut bytes = self.checked_batch(batch)?;
         let base = self.end_offset();
@@ -650,7 +701,11 @@ impl<D: Disk> Log<D> {
 
     /// Appends a batch copied from the leader, offsets and epoch as they
     /// are; it must continue the log exactly.
-    pub fn append_replicated(&mut self, batch: &[u8], wall_ms: i64) -> Result<AppendInfo, LogError> {
+    pub fn append_replicated(
+        &mut self,
+        batch: &[u8],
+        wall_ms: i64,
+    ) -> Result<AppendInfo, LogError> {
         self.check_online()?;
         let bytes = self.checked_batch(batch)?;
         let h = batch::BatchHeader::parse(&bytes)?;
@@ -672,7 +727,9 @@ impl<D: Disk> Log<D> {
         }
         let h = batch::validate(batch)?;
         if h.total_size() != batch.len() {
-            return Err(LogError::InvalidBatch(BatchError::BadLength(h.batch_length)));
+            return Err(LogError::InvalidBatch(BatchError::BadLength(
+                h.batch_length,
+            )));
         }
         Ok(batch.to_vec())
     }
@@ -684,10 +741,15 @@ impl<D: Disk> Log<D> {
         }
         let force_index = self.buggify.fire("log.index_every_batch");
         let interval = self.config.index_interval_bytes;
-        let seg = self.segments.values_mut().next_back().expect("active segment");
+        let seg = self
+            .segments
+            .values_mut()
+            .next_back()
+            .expect("active segment");
         // A failed data write changes nothing in memory: the append simply
         // fails (ENOSPC, EIO) and the log stays usable.
-        seg.append(&bytes, &h, interval, force_index).map_err(LogError::Disk)?;
+        seg.append(&bytes, &h, interval, force_index)
+            .map_err(LogError::Disk)?;
         self.epochs_dirty |= self.epochs.assign(h.partition_leader_epoch, h.base_offset);
         let mut durable = false;
         if self.config.flush == FlushPolicy::EveryBatch {
@@ -741,7 +803,8 @@ impl<D: Disk> Log<D> {
         if self.flushes_since_checkpoint >= self.config.checkpoint_every_flushes
             && !self.buggify.fire("log.delay_checkpoint")
         {
-            self.write_checkpoint().map_err(|e| self.go_offline("checkpoint", e))?;
+            self.write_checkpoint()
+                .map_err(|e| self.go_offline("checkpoint", e))?;
         }
         Ok(self.recovery_point)
     }
@@ -762,7 +825,11 @@ impl<D: Disk> Log<D> {
             }
         }
         if result.is_ok() && self.epochs_dirty {
-            result = disk::write_file_atomically(&self.disk, &self.path(LEADER_EPOCH_CHECKPOINT), &self.epochs.encode());
+            result = disk::write_file_atomically(
+                &self.disk,
+                &self.path(LEADER_EPOCH_CHECKPOINT),
+                &self.epochs.encode(),
+            );
             if result.is_ok() {
                 self.epochs_dirty = false;
             }
@@ -834,7 +901,11 @@ impl<D: Disk> Log<D> {
             self.segments.remove(&base);
             self.remove_segment_files(base)?;
         }
-        let seg = self.segments.values_mut().next_back().expect("a segment remains");
+        let seg = self
+            .segments
+            .values_mut()
+            .next_back()
+            .expect("a segment remains");
         if seg.sealed {
             // Active again: its seal no longer describes it.
             seg.unseal();
@@ -846,7 +917,11 @@ impl<D: Disk> Log<D> {
             }
             self.dir_dirty = true;
         }
-        let seg = self.segments.values_mut().next_back().expect("a segment remains");
+        let seg = self
+            .segments
+            .values_mut()
+            .next_back()
+            .expect("a segment remains");
         let position = match seg.locate_verified(offset) {
             Ok(found) => found.map(|loc| loc.position),
             Err(ScanStop::Io { error, .. }) => return Err(error),
@@ -887,7 +962,8 @@ impl<D: Disk> Log<D> {
             s.dirty = true;
         }
         self.dir_dirty = true;
-        self.flush_inner().map_err(|e| DiskError::Io(e.to_string()))?;
+        self.flush_inner()
+            .map_err(|e| DiskError::Io(e.to_string()))?;
         self.write_checkpoint()?;
         Ok(end)
     }
@@ -908,7 +984,8 @@ impl<D: Disk> Log<D> {
         if offset <= self.log_start_offset {
             return Ok(self.log_start_offset);
         }
-        self.set_log_start(offset).map_err(|e| self.go_offline("advance log start", e))?;
+        self.set_log_start(offset)
+            .map_err(|e| self.go_offline("advance log start", e))?;
         Ok(self.log_start_offset)
     }
 
@@ -935,7 +1012,8 @@ impl<D: Disk> Log<D> {
         let bases: Vec<i64> = self.segments.keys().copied().collect();
         for pair in bases.windows(2) {
             let seg = &self.segments[&pair[0]];
-            let by_size = self.config.retention_bytes >= 0 && total - seg.size as i64 >= self.config.retention_bytes;
+            let by_size = self.config.retention_bytes >= 0
+                && total - seg.size as i64 >= self.config.retention_bytes;
             let by_time = self.config.retention_ms >= 0
                 && seg.max_timestamp >= 0
                 && wall_ms.saturating_sub(seg.max_timestamp) > self.config.retention_ms;
@@ -950,7 +1028,8 @@ impl<D: Disk> Log<D> {
         }
         if let Some(start) = new_start {
             if start > self.log_start_offset {
-                self.set_log_start(start).map_err(|e| self.go_offline("retention", e))?;
+                self.set_log_start(start)
+                    .map_err(|e| self.go_offline("retention", e))?;
             }
         }
         Ok(count)
@@ -979,13 +1058,24 @@ impl<D: Disk> Log<D> {
 
     /// As [`Log::read`], but no batch starting at or after `upper` (a high
     /// watermark) is returned.
-    pub fn read_bounded(&self, offset: i64, max_bytes: usize, upper: i64) -> Result<ReadResult, LogError> {
+    pub fn read_bounded(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        upper: i64,
+    ) -> Result<ReadResult, LogError> {
         self.read_checked(offset, max_bytes, upper, true)
     }
 
     /// `check_epochs` is off only while recovery rebuilds the epoch cache
     /// from the batches themselves.
-    fn read_checked(&self, offset: i64, max_bytes: usize, upper: i64, check_epochs: bool) -> Result<ReadResult, LogError> {
+    fn read_checked(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        upper: i64,
+        check_epochs: bool,
+    ) -> Result<ReadResult, LogError> {
         self.check_online()?;
         let end = self.end_offset();
         if offset < self.log_start_offset || offset > end {
@@ -1066,7 +1156,10 @@ impl<D: Disk> Log<D> {
         if first > available {
             return Err(ScanStop::Invalid {
                 position: loc.position,
-                error: BatchError::Truncated { have: available, need: first },
+                error: BatchError::Truncated {
+                    have: available,
+                    need: first,
+                },
             });
         }
         let len = max_bytes.max(first).min(available);
@@ -1124,7 +1217,9 @@ impl<D: Disk> Log<D> {
                     if h.max_timestamp < ts || h.last_offset() < self.log_start_offset {
                         continue;
                     }
-                    if let Some(found) = first_record_at_or_after(bytes, h, ts, self.log_start_offset) {
+                    if let Some(found) =
+                        first_record_at_or_after(bytes, h, ts, self.log_start_offset)
+                    {
                         return Ok(Some(found));
                     }
                 }
@@ -1141,15 +1236,27 @@ impl<D: Disk> Log<D> {
 /// goes on. LogAppendTime batches carry one timestamp for all records;
 /// compressed batches are answered at batch granularity until the codecs
 /// land with the produce path.
-fn first_record_at_or_after(bytes: &[u8], h: &BatchHeader, ts: i64, log_start: i64) -> Option<(i64, i64)> {
+fn first_record_at_or_after(
+    bytes: &[u8],
+    h: &BatchHeader,
+    ts: i64,
+    log_start: i64,
+) -> Option<(i64, i64)> {
     let batch_answer = Some((h.base_offset.max(log_start), h.max_timestamp));
-    if h.timestamp_type() == TimestampType::LogAppendTime || h.compression() != Some(Compression::None) {
+    if h.timestamp_type() == TimestampType::LogAppendTime
+        || h.compression() != Some(Compression::None)
+    {
         return batch_answer;
     }
     match batch::decode_records(bytes) {
         Ok(records) => records
             .iter()
-            .map(|r| (h.base_offset + r.offset_delta as i64, h.base_timestamp + r.timestamp_delta))
+            .map(|r| {
+                (
+                    h.base_offset + r.offset_delta as i64,
+                    h.base_timestamp + r.timestamp_delta,
+                )
+            })
             .find(|&(o, t)| t >= ts && o >= log_start),
         Err(_) => batch_answer,
     }

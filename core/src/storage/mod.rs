@@ -2,8 +2,8 @@
 //! sparse offset and time indexes), crash recovery, retention.
 
 pub mod batch;
-pub mod index;
 pub mod checkpoint;
+pub mod index;
 pub mod log;
 pub mod segment;
 

@@ -96,10 +96,20 @@ pub fn parse_data_name(name: &str) -> Option<i64> {
 /// Why a scan of a data file stopped before its end.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ScanStop {
-    Invalid { position: u64, error: BatchError },
+    Invalid {
+        position: u64,
+        error: BatchError,
+    },
     /// A batch whose offsets do not follow the ones before it.
-    OutOfOrder { position: u64, base_offset: i64, expected_at_least: i64 },
-    Io { position: u64, error: DiskError },
+    OutOfOrder {
+        position: u64,
+        base_offset: i64,
+        expected_at_least: i64,
+    },
+    Io {
+        position: u64,
+        error: DiskError,
+    },
 }
 
 impl std::fmt::Display for ScanStop {
@@ -205,7 +215,8 @@ impl<F: DiskFile> Segment<F> {
         }
         if self.index.is_empty() || self.bytes_since_index >= index_interval || force_index {
             self.index.push(self.rel(h.base_offset), position as u32);
-            self.time_index.push(self.max_timestamp, self.rel(h.last_offset()));
+            self.time_index
+                .push(self.max_timestamp, self.rel(h.last_offset()));
             self.bytes_since_index = 0;
         }
         self.bytes_since_index += size;
@@ -300,7 +311,10 @@ impl<F: DiskFile> Segment<F> {
             let mut buf = self
                 .data
                 .read_exact_at(pos, len)
-                .map_err(|error| ScanStop::Io { position: pos, error })?;
+                .map_err(|error| ScanStop::Io {
+                    position: pos,
+                    error,
+                })?;
             let mut headers = Vec::new();
             let mut good = 0usize;
             let mut failed = None;
@@ -323,7 +337,10 @@ impl<F: DiskFile> Segment<F> {
             }
             last_err = Some(ScanStop::Invalid {
                 position: pos,
-                error: failed.unwrap_or(BatchError::Truncated { have: len, need: len + 1 }),
+                error: failed.unwrap_or(BatchError::Truncated {
+                    have: len,
+                    need: len + 1,
+                }),
             });
         }
         Err(last_err.expect("READ_RETRIES > 0"))
@@ -335,9 +352,18 @@ impl<F: DiskFile> Segment<F> {
         let buf = self
             .data
             .read_exact_at(pos, batch::HEADER_SIZE)
-            .map_err(|error| ScanStop::Io { position: pos, error })?;
-        batch::claimed_size(&buf).map_err(|error| ScanStop::Invalid { position: pos, error })?;
-        BatchHeader::parse(&buf).map_err(|error| ScanStop::Invalid { position: pos, error })
+            .map_err(|error| ScanStop::Io {
+                position: pos,
+                error,
+            })?;
+        batch::claimed_size(&buf).map_err(|error| ScanStop::Invalid {
+            position: pos,
+            error,
+        })?;
+        BatchHeader::parse(&buf).map_err(|error| ScanStop::Invalid {
+            position: pos,
+            error,
+        })
     }
 
     /// The batch holding `offset` (the first whose last offset is at least
@@ -384,7 +410,9 @@ impl<F: DiskFile> Segment<F> {
                 }
             };
             match self.read_batches(loc.position, loc.header.total_size()) {
-                Ok((_, headers)) if headers.len() == 1 && headers[0] == loc.header => return Ok(Some(loc)),
+                Ok((_, headers)) if headers.len() == 1 && headers[0] == loc.header => {
+                    return Ok(Some(loc))
+                }
                 Ok(_) => {
                     last_err = Some(ScanStop::OutOfOrder {
                         position: loc.position,
@@ -402,7 +430,12 @@ impl<F: DiskFile> Segment<F> {
     /// must sit. Offsets are checked for exact continuity because Kafka's
     /// format leaves `baseOffset` outside the CRC: continuity is what
     /// catches a flipped or misplaced offset there.
-    fn walk(&self, mut pos: u64, mut expected: i64, offset: i64) -> Result<Option<Located>, ScanStop> {
+    fn walk(
+        &self,
+        mut pos: u64,
+        mut expected: i64,
+        offset: i64,
+    ) -> Result<Option<Located>, ScanStop> {
         while pos < self.size {
             let h = self.header_at(pos)?;
             if h.base_offset != expected {
@@ -413,7 +446,10 @@ impl<F: DiskFile> Segment<F> {
                 });
             }
             if h.last_offset() >= offset {
-                return Ok(Some(Located { position: pos, header: h }));
+                return Ok(Some(Located {
+                    position: pos,
+                    header: h,
+                }));
             }
             expected = h.next_offset();
             pos += h.total_size() as u64;
@@ -440,7 +476,15 @@ impl<F: DiskFile> Segment<F> {
     ) -> (u64, Option<ScanStop>) {
         let file_len = match self.data.len() {
             Ok(l) => l,
-            Err(error) => return (0, Some(ScanStop::Io { position: from, error })),
+            Err(error) => {
+                return (
+                    0,
+                    Some(ScanStop::Io {
+                        position: from,
+                        error,
+                    }),
+                )
+            }
         };
         let mut pos = from;
         let mut batches = 0u64;
@@ -463,7 +507,13 @@ impl<F: DiskFile> Segment<F> {
                 // the platter. Writing what recovery keeps again makes the
                 // coming sync cover it for certain.
                 if let Err(error) = self.data.write_at(pos, &bytes) {
-                    return (batches, Some(ScanStop::Io { position: pos, error }));
+                    return (
+                        batches,
+                        Some(ScanStop::Io {
+                            position: pos,
+                            error,
+                        }),
+                    );
                 }
                 self.dirty = true;
             }
@@ -477,9 +527,17 @@ impl<F: DiskFile> Segment<F> {
 
     /// Reads and fully validates the batch at `pos`, which must start at
     /// offset `expected`.
-    fn batch_at(&self, pos: u64, file_len: u64, expected: i64) -> Result<(BatchHeader, Vec<u8>), ScanStop> {
+    fn batch_at(
+        &self,
+        pos: u64,
+        file_len: u64,
+        expected: i64,
+    ) -> Result<(BatchHeader, Vec<u8>), ScanStop> {
         let rest = file_len - pos;
-        let invalid = |error| ScanStop::Invalid { position: pos, error };
+        let invalid = |error| ScanStop::Invalid {
+            position: pos,
+            error,
+        };
         if rest < LOG_OVERHEAD as u64 {
             return Err(invalid(BatchError::Truncated {
                 have: rest as usize,
@@ -489,7 +547,10 @@ impl<F: DiskFile> Segment<F> {
         let prefix = self
             .data
             .read_exact_at(pos, LOG_OVERHEAD)
-            .map_err(|error| ScanStop::Io { position: pos, error })?;
+            .map_err(|error| ScanStop::Io {
+                position: pos,
+                error,
+            })?;
         let total = batch::claimed_size(&prefix).map_err(invalid)?;
         if total as u64 > rest {
             return Err(invalid(BatchError::Truncated {
@@ -500,7 +561,10 @@ impl<F: DiskFile> Segment<F> {
         let bytes = self
             .data
             .read_exact_at(pos, total)
-            .map_err(|error| ScanStop::Io { position: pos, error })?;
+            .map_err(|error| ScanStop::Io {
+                position: pos,
+                error,
+            })?;
         let h = batch::validate(&bytes).map_err(invalid)?;
         // The length came from a separate read; if the two reads disagree
         // (a flip in transit), neither is trusted and the caller retries.
@@ -513,7 +577,10 @@ impl<F: DiskFile> Segment<F> {
         let again = self
             .data
             .read_exact_at(pos, CRC_COVERS_FROM)
-            .map_err(|error| ScanStop::Io { position: pos, error })?;
+            .map_err(|error| ScanStop::Io {
+                position: pos,
+                error,
+            })?;
         if again[..] != bytes[..CRC_COVERS_FROM] {
             return Err(invalid(BatchError::BadLength(h.batch_length)));
         }
@@ -536,7 +603,11 @@ impl<F: DiskFile> Segment<F> {
     /// does not read back, the cut moves down to the last batch before it —
     /// truncation exists to discard, and a follower re-fetches the rest.
     /// Returns the damage met, if any.
-    pub fn truncate_at(&mut self, position: u64, index_interval: u64) -> Result<Option<ScanStop>, DiskError> {
+    pub fn truncate_at(
+        &mut self,
+        position: u64,
+        index_interval: u64,
+    ) -> Result<Option<ScanStop>, DiskError> {
         self.data.truncate(position)?;
         self.dirty = true;
         self.reset();
@@ -554,7 +625,9 @@ impl<F: DiskFile> Segment<F> {
     /// rebuilds the in-memory state from a scan that stops at the damage.
     pub fn rescan_readable_prefix(&mut self, index_interval: u64) -> Result<(), DiskError> {
         self.reset();
-        if let (_, Some(ScanStop::Io { error, .. })) = self.recover_from(0, self.base_offset, index_interval, false) {
+        if let (_, Some(ScanStop::Io { error, .. })) =
+            self.recover_from(0, self.base_offset, index_interval, false)
+        {
             return Err(error);
         }
         Ok(())
@@ -610,11 +683,18 @@ impl<F: DiskFile> Segment<F> {
 
     /// Adopts indexes loaded from their files for a segment that recovery
     /// trusts, as its seal record describes it.
-    pub fn adopt_sealed(&mut self, index: OffsetIndex, time_index: TimeIndex, seal: &SealRecord, seal_file: F) {
+    pub fn adopt_sealed(
+        &mut self,
+        index: OffsetIndex,
+        time_index: TimeIndex,
+        seal: &SealRecord,
+        seal_file: F,
+    ) {
         self.size = seal.size;
         self.next_offset = seal.next_offset;
         self.max_timestamp = seal.max_timestamp;
-        self.first_timestamp = (seal.first_timestamp >= 0 || seal.size > 0).then_some(seal.first_timestamp);
+        self.first_timestamp =
+            (seal.first_timestamp >= 0 || seal.size > 0).then_some(seal.first_timestamp);
         self.index_written = index.len();
         self.time_written = time_index.len();
         self.index = index;

@@ -25,7 +25,11 @@ pub fn check<D: Disk>(disk: &D, root: &str) {
     assert_eq!(f.len().unwrap(), 13);
     assert_eq!(f.read_exact_at(0, 13).unwrap(), b"hello\0\0\0world");
     let mut buf = [0u8; 10];
-    assert_eq!(f.read_at(10, &mut buf).unwrap(), 3, "short read at end of file");
+    assert_eq!(
+        f.read_at(10, &mut buf).unwrap(),
+        3,
+        "short read at end of file"
+    );
     assert_eq!(&buf[..3], b"rld");
     assert_eq!(f.read_at(13, &mut buf).unwrap(), 0);
     assert!(f.read_exact_at(10, 4).is_err());
@@ -42,7 +46,10 @@ pub fn check<D: Disk>(disk: &D, root: &str) {
     let g = disk.create(&b).unwrap();
     g.write_at(0, b"bee").unwrap();
     g.sync().unwrap();
-    assert_eq!(disk.list(root).unwrap(), vec!["a".to_string(), "b".to_string()]);
+    assert_eq!(
+        disk.list(root).unwrap(),
+        vec!["a".to_string(), "b".to_string()]
+    );
 
     // rename replaces the target atomically
     disk.rename(&b, &a).unwrap();
@@ -53,9 +60,15 @@ pub fn check<D: Disk>(disk: &D, root: &str) {
     assert_eq!(disk.list(root).unwrap(), vec!["a".to_string()]);
 
     super::write_file_atomically(disk, &join(root, "ckpt"), b"0\n1\n").unwrap();
-    assert_eq!(super::read_file(disk, &join(root, "ckpt")).unwrap(), b"0\n1\n");
+    assert_eq!(
+        super::read_file(disk, &join(root, "ckpt")).unwrap(),
+        b"0\n1\n"
+    );
     super::write_file_atomically(disk, &join(root, "ckpt"), b"0\n2\n").unwrap();
-    assert_eq!(super::read_file(disk, &join(root, "ckpt")).unwrap(), b"0\n2\n");
+    assert_eq!(
+        super::read_file(disk, &join(root, "ckpt")).unwrap(),
+        b"0\n2\n"
+    );
 
     disk.remove(&a).unwrap();
     assert!(matches!(disk.remove(&a), Err(DiskError::NotFound(_))));

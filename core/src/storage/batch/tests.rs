@@ -68,10 +68,15 @@ fn hand_laid_batch_matches_format() {
     let h = validate(&b).unwrap();
     assert_eq!(h.base_offset, 7);
     assert_eq!(h.partition_leader_epoch, 3);
-    let built = BatchBuilder::new(42).add(Some(b"k"), Some(b"vv"), 42).build();
+    let built = BatchBuilder::new(42)
+        .add(Some(b"k"), Some(b"vv"), 42)
+        .build();
     // Identical apart from the fields the log owns.
     assert_eq!(&built[16..], &b[16..]);
-    assert_eq!(decode_records(&b).unwrap()[0].key.as_deref(), Some(&b"k"[..]));
+    assert_eq!(
+        decode_records(&b).unwrap()[0].key.as_deref(),
+        Some(&b"k"[..])
+    );
 }
 
 #[test]
@@ -142,7 +147,18 @@ fn batches_iterator_stops_at_partial_and_fails_at_garbage() {
 
 #[test]
 fn varint_edges() {
-    for v in [0i64, 1, -1, 63, -64, 64, i32::MAX as i64, i32::MIN as i64, i64::MAX, i64::MIN] {
+    for v in [
+        0i64,
+        1,
+        -1,
+        63,
+        -64,
+        64,
+        i32::MAX as i64,
+        i32::MIN as i64,
+        i64::MAX,
+        i64::MIN,
+    ] {
         let mut out = Vec::new();
         put_varlong(&mut out, v);
         let mut pos = 0;
@@ -156,7 +172,10 @@ fn varint_edges() {
     assert!(get_varint(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x01], &mut pos).is_err());
 }
 
-fn arb_record() -> impl Strategy<Value = (Option<Vec<u8>>, Option<Vec<u8>>, i64, Vec<(Vec<u8>, Option<Vec<u8>>)>)> {
+type Header = (Vec<u8>, Option<Vec<u8>>);
+type ArbRecord = (Option<Vec<u8>>, Option<Vec<u8>>, i64, Vec<Header>);
+
+fn arb_record() -> impl Strategy<Value = ArbRecord> {
     (
         proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
         proptest::option::of(proptest::collection::vec(any::<u8>(), 0..300)),

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite: what CI runs (through .ci/run) and what a developer
+# runs before pushing. Fails on the first failing step.
+#
+#   ci/test.sh            format, lint, unit/property/simulation tests, CLI smoke
+#   SWARM_SEEDS=5000 ci/test.sh   a longer swarm smoke at the end
+set -euo pipefail
+cd "$(git rev-parse --show-toplevel 2>/dev/null || dirname "$0")/.."
+[ -f Cargo.toml ] || cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "setup"
+bash ci/setup.sh
+
+step "format"
+cargo fmt --all -- --check
+
+step "lint"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "tests (unit, property, simulation: 1000 storage seeds, each run twice for determinism)"
+cargo test --workspace --locked
+
+step "simulator smoke through the odradek command"
+cargo build --release --locked -p odradek
+bin=target/release/odradek
+"$bin" sim run --seed 42 --check-determinism --json
+"$bin" sim swarm --seeds "1000..${SWARM_SEEDS:-1500}" --check-determinism
+
+echo
+echo "ci/test.sh: all steps passed"
