@@ -5,8 +5,7 @@
 #   ci/test.sh            format, lint, unit/property/simulation tests, CLI smoke
 #   SWARM_SEEDS=5000 ci/test.sh   a longer swarm smoke at the end
 set -euo pipefail
-cd "$(git rev-parse --show-toplevel 2>/dev/null || dirname "$0")/.."
-[ -f Cargo.toml ] || cd "$(dirname "$0")/.."
+cd "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/.."
 
 step() { printf '\n== %s\n' "$*"; }
 
