@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use odradek::perf::{self, DiskArgs};
-use odradek::sim_cmd::{self, RunArgs, SwarmArgs};
+use odradek::sim_cmd::{self, RunArgs, ShrinkArgs, SwarmArgs};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
@@ -46,6 +46,8 @@ enum SimCommand {
     Run(RunArgs),
     /// Run a range of seeds across threads and report every failure.
     Swarm(SwarmArgs),
+    /// Shrink a failing seed: fewer fault kinds, a shorter safety phase.
+    Shrink(ShrinkArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
         Command::Sim { command } => match command {
             SimCommand::Run(args) => sim_cmd::cmd_run(args),
             SimCommand::Swarm(args) => sim_cmd::cmd_swarm(args),
+            SimCommand::Shrink(args) => sim_cmd::cmd_shrink(args),
         },
         Command::Perf { command } => match command {
             PerfCommand::Disk(args) => match perf::cmd_disk(args) {

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use odradek_sim::{RunOptions, RunReport, Workload};
+use odradek_sim::{FaultKind, Overrides, RunOptions, RunReport, Workload};
 use serde_json::{json, Value};
 
 #[derive(Args, Debug, Clone)]
@@ -33,6 +33,46 @@ pub struct RunArgs {
     /// Run the seed twice and fail if the two trace hashes differ.
     #[arg(long)]
     pub check_determinism: bool,
+    /// Turn these fault kinds off whatever the seed drew (comma-separated:
+    /// crash, kill, clock-jump, read-flip, latent-rot, misdirect, no-space,
+    /// sync-error, buggify). What `sim shrink` prints uses this.
+    #[arg(long, value_delimiter = ',', value_parser = parse_fault_kind)]
+    pub disable: Vec<FaultKind>,
+    /// End the safety phase after at most this many simulated milliseconds.
+    #[arg(long)]
+    pub safety_ms: Option<u64>,
+}
+
+impl RunArgs {
+    fn options(&self) -> RunOptions {
+        RunOptions {
+            trace: self.trace,
+            overrides: Overrides {
+                disabled: self.disable.iter().copied().collect(),
+                safety_ms: self.safety_ms,
+            },
+            ..RunOptions::new(self.seed, self.workload)
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ShrinkArgs {
+    /// The failing seed to shrink.
+    #[arg(long)]
+    pub seed: u64,
+    #[arg(long, default_value = "storage", value_parser = parse_workload)]
+    pub workload: Workload,
+    /// Print the shrunk run's trace.
+    #[arg(long)]
+    pub trace: bool,
+}
+
+pub fn parse_fault_kind(s: &str) -> Result<FaultKind, String> {
+    FaultKind::parse(s.trim()).ok_or_else(|| {
+        let known: Vec<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+        format!("unknown fault kind {s:?}; known: {}", known.join(", "))
+    })
 }
 
 #[derive(Args, Debug, Clone)]
@@ -112,6 +152,8 @@ pub struct Outcome {
     pub wall: Duration,
     /// Filled only when determinism was checked.
     pub determinism: Option<Determinism>,
+    /// The command that reproduces the run (before any determinism flag).
+    pub replay_base: String,
 }
 
 #[derive(Clone, Debug)]
@@ -121,8 +163,9 @@ pub struct Determinism {
 }
 
 impl Outcome {
-    fn from_report(r: RunReport, wall: Duration) -> Outcome {
+    fn from_report(opts: &RunOptions, r: RunReport, wall: Duration) -> Outcome {
         Outcome {
+            replay_base: opts.replay_command(),
             seed: r.seed,
             workload: r.workload,
             ok: r.ok && r.violation.is_none(),
@@ -138,6 +181,7 @@ impl Outcome {
 
     fn from_panic(opts: &RunOptions, violation: String, wall: Duration) -> Outcome {
         Outcome {
+            replay_base: opts.replay_command(),
             seed: opts.seed,
             workload: opts.workload,
             ok: false,
@@ -153,7 +197,7 @@ impl Outcome {
 
     /// The exact command that reproduces this outcome.
     pub fn replay(&self) -> String {
-        let mut cmd = replay_command(self.seed, self.workload);
+        let mut cmd = self.replay_base.clone();
         if matches!(&self.determinism, Some(d) if !d.deterministic) {
             cmd.push_str(" --check-determinism");
         }
@@ -180,10 +224,6 @@ impl Outcome {
         }
         v
     }
-}
-
-pub fn replay_command(seed: u64, workload: Workload) -> String {
-    format!("odradek sim run --seed {seed} --workload {workload}")
 }
 
 fn hex(h: u64) -> String {
@@ -231,7 +271,7 @@ pub fn run_once(opts: &RunOptions) -> Outcome {
     let result = panic::catch_unwind(AssertUnwindSafe(|| odradek_sim::run(opts)));
     let wall = start.elapsed();
     match result {
-        Ok(report) => Outcome::from_report(report, wall),
+        Ok(report) => Outcome::from_report(opts, report, wall),
         Err(payload) => {
             let message = panic_message(&*payload);
             let violation = match PANIC_LOCATION.with(|cell| cell.borrow_mut().take()) {
@@ -283,14 +323,69 @@ pub fn run_seed(opts: &RunOptions, check_determinism: bool) -> Outcome {
     first
 }
 
+/// `odradek sim shrink`: the smallest set of fault kinds and the shortest
+/// safety phase with which the seed still fails the same way. Returns
+/// whether a shrink was found (so a passing seed exits non-zero: there was
+/// nothing to shrink, which is worth knowing in a script).
+pub fn cmd_shrink(args: &ShrinkArgs) -> bool {
+    install_panic_hook(true);
+    let opts = RunOptions {
+        trace: args.trace,
+        ..RunOptions::new(args.seed, args.workload)
+    };
+    let start = Instant::now();
+    match odradek_sim::shrink(&opts) {
+        Ok(s) => {
+            if args.trace {
+                for line in &s.report.trace {
+                    println!("{line}");
+                }
+            }
+            let off: Vec<&str> = s
+                .options
+                .overrides
+                .disabled
+                .iter()
+                .map(|k| k.name())
+                .collect();
+            println!(
+                "seed {} ({}): shrunk in {} runs, {} ms",
+                args.seed,
+                args.workload,
+                s.runs,
+                millis(start.elapsed())
+            );
+            println!("  violation kind  {}", s.violation_kind);
+            println!(
+                "  violation       {}",
+                s.report.violation.as_deref().unwrap_or("(none)")
+            );
+            println!(
+                "  faults off      {}",
+                if off.is_empty() {
+                    "none".to_string()
+                } else {
+                    off.join(", ")
+                }
+            );
+            if let Some(ms) = s.options.overrides.safety_ms {
+                println!("  safety phase    {ms} ms");
+            }
+            println!("  events          {}", s.report.events);
+            println!("  replay          {} --trace", s.options.replay_command());
+            true
+        }
+        Err(e) => {
+            eprintln!("odradek sim shrink: {e}");
+            false
+        }
+    }
+}
+
 /// `odradek sim run`. Returns whether the seed passed.
 pub fn cmd_run(args: &RunArgs) -> bool {
     install_panic_hook(false);
-    let opts = RunOptions {
-        seed: args.seed,
-        workload: args.workload,
-        trace: args.trace,
-    };
+    let opts = args.options();
     let outcome = run_seed(&opts, args.check_determinism);
     if args.json {
         let mut v = outcome.to_json();
@@ -418,11 +513,7 @@ where
             };
             s.spawn(move || {
                 while let Some(seed) = claim() {
-                    let opts = RunOptions {
-                        seed,
-                        workload,
-                        trace: false,
-                    };
+                    let opts = RunOptions::new(seed, workload);
                     let o = run_seed(&opts, check_determinism);
                     let runs = if check_determinism { 2 } else { 1 };
                     simulated_ref.fetch_add(o.simulated_ms * runs, Ordering::Relaxed);
@@ -565,6 +656,7 @@ mod tests {
             trace: vec![],
             wall: Duration::from_millis(2),
             determinism: None,
+            replay_base: RunOptions::new(seed, Workload::Storage).replay_command(),
         }
     }
 

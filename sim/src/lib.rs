@@ -48,6 +48,205 @@ pub struct RunOptions {
     pub workload: Workload,
     /// Keep the readable event trace in the report (the hash is always kept).
     pub trace: bool,
+    /// Changes to what the seed drew, for shrinking a failure.
+    pub overrides: Overrides,
+}
+
+impl RunOptions {
+    pub fn new(seed: u64, workload: Workload) -> RunOptions {
+        RunOptions {
+            seed,
+            workload,
+            trace: false,
+            overrides: Overrides::default(),
+        }
+    }
+
+    /// The command that reproduces this run.
+    pub fn replay_command(&self) -> String {
+        format!(
+            "odradek sim run --seed {} --workload {}{}",
+            self.seed,
+            self.workload,
+            self.overrides.to_args()
+        )
+    }
+}
+
+/// A kind of fault the swarm may turn on, which a shrink may turn off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FaultKind {
+    Crash,
+    Kill,
+    ClockJump,
+    ReadFlip,
+    LatentRot,
+    Misdirect,
+    NoSpace,
+    SyncError,
+    Buggify,
+}
+
+impl FaultKind {
+    pub const ALL: &'static [FaultKind] = &[
+        FaultKind::Crash,
+        FaultKind::Kill,
+        FaultKind::ClockJump,
+        FaultKind::ReadFlip,
+        FaultKind::LatentRot,
+        FaultKind::Misdirect,
+        FaultKind::NoSpace,
+        FaultKind::SyncError,
+        FaultKind::Buggify,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Crash => "crash",
+            FaultKind::Kill => "kill",
+            FaultKind::ClockJump => "clock-jump",
+            FaultKind::ReadFlip => "read-flip",
+            FaultKind::LatentRot => "latent-rot",
+            FaultKind::Misdirect => "misdirect",
+            FaultKind::NoSpace => "no-space",
+            FaultKind::SyncError => "sync-error",
+            FaultKind::Buggify => "buggify",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<FaultKind> {
+        FaultKind::ALL.iter().copied().find(|k| k.name() == s)
+    }
+}
+
+impl fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a run changes about its seed's draws. The draws themselves are
+/// made as usual and then overridden, so that everything not overridden
+/// stays as the seed decided.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// Fault kinds off, whatever the swarm drew.
+    pub disabled: std::collections::BTreeSet<FaultKind>,
+    /// The safety phase lasts at most this long.
+    pub safety_ms: Option<u64>,
+}
+
+impl Overrides {
+    pub fn is_empty(&self) -> bool {
+        self.disabled.is_empty() && self.safety_ms.is_none()
+    }
+
+    pub fn disables(&self, kind: FaultKind) -> bool {
+        self.disabled.contains(&kind)
+    }
+
+    /// The command-line flags that express these overrides.
+    pub fn to_args(&self) -> String {
+        let mut out = String::new();
+        if !self.disabled.is_empty() {
+            let names: Vec<&str> = self.disabled.iter().map(|k| k.name()).collect();
+            out.push_str(&format!(" --disable {}", names.join(",")));
+        }
+        if let Some(ms) = self.safety_ms {
+            out.push_str(&format!(" --safety-ms {ms}"));
+        }
+        out
+    }
+}
+
+/// The result of shrinking a failing seed.
+#[derive(Clone, Debug)]
+pub struct Shrunk {
+    pub options: RunOptions,
+    pub report: RunReport,
+    /// The violation kind kept throughout (the text before the first ':').
+    pub violation_kind: String,
+    /// How many runs the shrink took.
+    pub runs: u64,
+}
+
+fn violation_kind(v: &str) -> &str {
+    v.split(':').next().unwrap_or(v)
+}
+
+/// Shrinks a failing run: turns off every fault kind it can do without, then
+/// shortens the safety phase as far as it can, keeping the same kind of
+/// violation. Deterministic, like everything here: the same failing seed
+/// always shrinks to the same options. `Err` if the run does not fail.
+pub fn shrink(opts: &RunOptions) -> Result<Shrunk, String> {
+    shrink_with(opts, run)
+}
+
+fn shrink_with(
+    opts: &RunOptions,
+    run: impl Fn(&RunOptions) -> RunReport,
+) -> Result<Shrunk, String> {
+    let mut runs = 1;
+    let first = run(opts);
+    let Some(violation) = first.violation.clone() else {
+        return Err(format!("seed {} passes: nothing to shrink", opts.seed));
+    };
+    let kind = violation_kind(&violation).to_string();
+    let mut fails = |o: &RunOptions| {
+        runs += 1;
+        run(o).violation.as_deref().map(violation_kind) == Some(kind.as_str())
+    };
+    let mut best = RunOptions {
+        trace: false,
+        ..opts.clone()
+    };
+    for &k in FaultKind::ALL {
+        if best.overrides.disables(k) {
+            continue;
+        }
+        let mut attempt = best.clone();
+        attempt.overrides.disabled.insert(k);
+        if fails(&attempt) {
+            best = attempt;
+        }
+    }
+    // The failure happened by the time the run ended; search below that.
+    let (mut lo, mut hi) = (
+        0u64,
+        best.overrides
+            .safety_ms
+            .unwrap_or(first.simulated_ms)
+            .max(1),
+    );
+    while hi - lo > 50 {
+        let mid = lo + (hi - lo) / 2;
+        let mut attempt = best.clone();
+        attempt.overrides.safety_ms = Some(mid);
+        if fails(&attempt) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    let mut attempt = best.clone();
+    attempt.overrides.safety_ms = Some(hi);
+    if fails(&attempt) {
+        best = attempt;
+    }
+    let report = run(&RunOptions {
+        trace: opts.trace,
+        ..best.clone()
+    });
+    runs += 1;
+    Ok(Shrunk {
+        options: RunOptions {
+            trace: opts.trace,
+            ..best
+        },
+        report,
+        violation_kind: kind,
+        runs,
+    })
 }
 
 #[derive(Clone, Debug)]
@@ -70,5 +269,52 @@ pub struct RunReport {
 pub fn run(opts: &RunOptions) -> RunReport {
     match opts.workload {
         Workload::Storage => storage::run(opts),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in run that fails with `lost-write` exactly when crashes are
+    /// on and the safety phase lasts at least 700 ms, whatever else is on.
+    fn fake(o: &RunOptions) -> RunReport {
+        let safety = o.overrides.safety_ms.unwrap_or(5000).min(5000);
+        let fails = !o.overrides.disables(FaultKind::Crash) && safety >= 700;
+        RunReport {
+            seed: o.seed,
+            workload: o.workload,
+            ok: !fails,
+            trace_hash: safety ^ o.overrides.disabled.len() as u64,
+            events: 1,
+            simulated_ms: safety + 5000,
+            violation: fails.then(|| "lost-write: p0: batch 1..=2 missing".to_string()),
+            trace: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn shrink_keeps_what_the_failure_needs_and_drops_the_rest() {
+        let s = shrink_with(&RunOptions::new(5, Workload::Storage), fake).unwrap();
+        assert_eq!(s.violation_kind, "lost-write");
+        assert!(!s.options.overrides.disables(FaultKind::Crash));
+        assert_eq!(s.options.overrides.disabled.len(), FaultKind::ALL.len() - 1);
+        let ms = s.options.overrides.safety_ms.unwrap();
+        assert!((700..=750).contains(&ms), "safety phase shrunk to {ms}");
+        assert!(!s.report.ok);
+        assert_eq!(
+            s.options.replay_command(),
+            format!(
+                "odradek sim run --seed 5 --workload storage --disable kill,clock-jump,read-flip,latent-rot,misdirect,no-space,sync-error,buggify --safety-ms {ms}"
+            )
+        );
+    }
+
+    #[test]
+    fn fault_kind_names_round_trip() {
+        for k in FaultKind::ALL {
+            assert_eq!(FaultKind::parse(k.name()), Some(*k));
+        }
+        assert_eq!(FaultKind::parse("meteor"), None);
     }
 }

@@ -7,11 +7,7 @@ use odradek_sim::{run, RunOptions, Workload};
 fn check_seeds(seeds: std::ops::Range<u64>) {
     let mut failures = Vec::new();
     for seed in seeds.clone() {
-        let opts = RunOptions {
-            seed,
-            workload: Workload::Storage,
-            trace: false,
-        };
+        let opts = RunOptions::new(seed, Workload::Storage);
         let first = run(&opts);
         let second = run(&opts);
         assert!(
@@ -62,25 +58,50 @@ fn storage_seeds_750_to_1000() {
 #[test]
 fn seeds_differ() {
     let hashes: std::collections::BTreeSet<u64> = (0..50)
-        .map(|seed| {
-            run(&RunOptions {
-                seed,
-                workload: Workload::Storage,
-                trace: false,
-            })
-            .trace_hash
-        })
+        .map(|seed| run(&RunOptions::new(seed, Workload::Storage)).trace_hash)
         .collect();
     assert_eq!(hashes.len(), 50);
+}
+
+/// Shrinking turns off what a failure does not need and keeps the kind of
+/// failure. Storage seeds pass, so a failure is made by hand: a liveness
+/// check cannot be failed from outside, but a seed that passes must be
+/// refused with a clear message.
+#[test]
+fn shrink_refuses_a_passing_seed() {
+    let err = odradek_sim::shrink(&RunOptions::new(3, Workload::Storage)).unwrap_err();
+    assert!(err.contains("passes"), "{err}");
+}
+
+/// Overrides change the run, are spelled out in the replay command, and
+/// keep it deterministic.
+#[test]
+fn overrides_shape_the_run_and_its_replay() {
+    let mut opts = RunOptions::new(11, Workload::Storage);
+    let base = run(&opts);
+    for k in odradek_sim::FaultKind::ALL {
+        opts.overrides.disabled.insert(*k);
+    }
+    opts.overrides.safety_ms = Some(1000);
+    let quiet = run(&opts);
+    assert!(quiet.ok);
+    assert_ne!(base.trace_hash, quiet.trace_hash);
+    assert_eq!(quiet.trace_hash, run(&opts).trace_hash);
+    assert!(quiet.simulated_ms < base.simulated_ms);
+    let cmd = opts.replay_command();
+    assert!(
+        cmd.starts_with("odradek sim run --seed 11 --workload storage --disable crash,kill,"),
+        "{cmd}"
+    );
+    assert!(cmd.ends_with("--safety-ms 1000"), "{cmd}");
 }
 
 /// The readable trace is the hashed one, line for line.
 #[test]
 fn trace_lines_match_the_event_count() {
     let r = run(&RunOptions {
-        seed: 7,
-        workload: Workload::Storage,
         trace: true,
+        ..RunOptions::new(7, Workload::Storage)
     });
     assert_eq!(r.trace.len() as u64, r.events);
     assert!(r.trace[0].contains("seed 7"));

@@ -20,15 +20,11 @@ pub trait Random {
         lo + self.below(hi - lo + 1)
     }
 
-    /// True with probability `p` (clamped to 0..=1).
+    /// True with probability `p` (clamped to 0..=1). Always draws, even
+    /// for 0 and 1, so that turning a fault's rate to zero (as a shrink
+    /// does) leaves every later draw of the stream where it was.
     fn chance(&mut self, p: f64) -> bool {
-        if p <= 0.0 {
-            return false;
-        }
-        if p >= 1.0 {
-            return true;
-        }
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
+        self.unit() < p
     }
 
     /// Uniform in `[0, 1)`.

@@ -329,16 +329,12 @@ impl<D: Disk> Log<D> {
         let mut checkpoint: Option<PartitionCheckpoint> = None;
         let mut problems = Vec::new();
         for name in PARTITION_CHECKPOINTS {
-            match disk::read_file(&self.disk, &self.path(name)) {
-                Ok(bytes) => match PartitionCheckpoint::decode(&bytes) {
-                    Ok(cp) if checkpoint.is_none_or(|c| cp.sequence > c.sequence) => {
-                        checkpoint = Some(cp)
-                    }
-                    Ok(_) => {}
-                    Err(e) => problems.push(format!("{name} unreadable: {e}")),
-                },
-                Err(DiskError::NotFound(_)) => {}
-                Err(e) => return Err(e),
+            match self.read_decoded(name, PartitionCheckpoint::decode)? {
+                Some(Ok(cp)) if checkpoint.is_none_or(|c| cp.sequence > c.sequence) => {
+                    checkpoint = Some(cp)
+                }
+                Some(Ok(_)) | None => {}
+                Some(Err(e)) => problems.push(format!("{name} unreadable: {e}")),
             }
         }
         if !problems.is_empty() {
@@ -452,16 +448,16 @@ impl<D: Disk> Log<D> {
 
         // Leader epochs: the checkpoint, cut to what survived, then every
         // scanned batch's epoch (which recovery just read anyway).
-        self.epochs = match disk::read_file(&self.disk, &self.path(LEADER_EPOCH_CHECKPOINT)) {
-            Ok(bytes) => LeaderEpochCache::decode(&bytes).unwrap_or_else(|e| {
+        self.epochs = match self.read_decoded(LEADER_EPOCH_CHECKPOINT, LeaderEpochCache::decode)? {
+            Some(Ok(cache)) => cache,
+            Some(Err(e)) => {
                 report.corruption.push(format!(
                     "leader-epoch-checkpoint unreadable ({e}); rebuilt from the log"
                 ));
                 self.epochs_dirty = true;
                 LeaderEpochCache::default()
-            }),
-            Err(DiskError::NotFound(_)) => LeaderEpochCache::default(),
-            Err(e) => return Err(e),
+            }
+            None => LeaderEpochCache::default(),
         };
         let end = self.end_offset();
         self.epochs_dirty |= self.epochs.truncate_from_end(end);
@@ -506,27 +502,17 @@ impl<D: Disk> Log<D> {
     ) -> Result<bool, DiskError> {
         let base = seg.base_offset;
         let size = seg.data.len()?;
-        let read_all =
-            |f: &D::File| -> Result<Vec<u8>, DiskError> { f.read_exact_at(0, f.len()? as usize) };
-        let seal = match self.disk.open(&self.path(&segment::seal_name(base))) {
-            Ok(f) => Some((segment::SealRecord::decode(&read_all(&f)?), f)),
+        let seal_path = self.path(&segment::seal_name(base));
+        let seal_file = match self.disk.open(&seal_path) {
+            Ok(f) => Some(f),
             Err(DiskError::NotFound(_)) => None,
             Err(e) => return Err(e),
         };
-        if let Some((Ok(record), file)) = seal {
-            let index_bytes = read_all(&seg.index_file)?;
-            let time_bytes = read_all(&seg.time_file)?;
-            let consistent = record.base_offset == base
-                && record.next_offset == next_base
-                && record.size == size
-                && crc32c::crc32c(&index_bytes) == record.index_crc
-                && crc32c::crc32c(&time_bytes) == record.time_index_crc;
-            let max_rel = (next_base - base - 1).clamp(0, u32::MAX as i64) as u32;
-            if consistent {
-                if let (Ok(index), Ok(time)) = (
-                    OffsetIndex::decode(&index_bytes, size, max_rel),
-                    TimeIndex::decode(&time_bytes, max_rel),
-                ) {
+        if let Some(file) = seal_file {
+            // A failed check is read again: a flip in transit goes away.
+            for _ in 0..segment::READ_RETRIES {
+                if let Some((index, time, record)) = Self::check_seal(seg, &file, next_base, size)?
+                {
                     seg.adopt_sealed(index, time, &record, file);
                     return Ok(true);
                 }
@@ -549,6 +535,64 @@ impl<D: Disk> Log<D> {
         seg.next_offset = next_base;
         seg.rewrite_indexes()?;
         Ok(false)
+    }
+
+    /// Reads a small checksummed file and decodes it, reading again while
+    /// the decode fails: a flip in transit goes away, damage does not.
+    /// `None` if the file does not exist.
+    fn read_decoded<T>(
+        &self,
+        name: &str,
+        decode: impl Fn(&[u8]) -> Result<T, String>,
+    ) -> Result<Option<Result<T, String>>, DiskError> {
+        let mut last = None;
+        for _ in 0..segment::READ_RETRIES {
+            let bytes = match disk::read_file(&self.disk, &self.path(name)) {
+                Ok(bytes) => bytes,
+                Err(DiskError::NotFound(_)) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            match decode(&bytes) {
+                Ok(v) => return Ok(Some(Ok(v))),
+                Err(e) => last = Some(e),
+            }
+        }
+        Ok(last.map(Err))
+    }
+
+    /// The seal record, offset index and time index of a segment, if all
+    /// three read back, decode, and agree with each other and with the data
+    /// file's `size` and the next segment's base.
+    #[allow(clippy::type_complexity)]
+    fn check_seal(
+        seg: &Segment<D::File>,
+        seal_file: &D::File,
+        next_base: i64,
+        size: u64,
+    ) -> Result<Option<(OffsetIndex, TimeIndex, segment::SealRecord)>, DiskError> {
+        let read_all =
+            |f: &D::File| -> Result<Vec<u8>, DiskError> { f.read_exact_at(0, f.len()? as usize) };
+        let Ok(record) = segment::SealRecord::decode(&read_all(seal_file)?) else {
+            return Ok(None);
+        };
+        let index_bytes = read_all(&seg.index_file)?;
+        let time_bytes = read_all(&seg.time_file)?;
+        let consistent = record.base_offset == seg.base_offset
+            && record.next_offset == next_base
+            && record.size == size
+            && crc32c::crc32c(&index_bytes) == record.index_crc
+            && crc32c::crc32c(&time_bytes) == record.time_index_crc;
+        if !consistent {
+            return Ok(None);
+        }
+        let max_rel = (next_base - seg.base_offset - 1).clamp(0, u32::MAX as i64) as u32;
+        match (
+            OffsetIndex::decode(&index_bytes, size, max_rel),
+            TimeIndex::decode(&time_bytes, max_rel),
+        ) {
+            (Ok(index), Ok(time)) => Ok(Some((index, time, record))),
+            _ => Ok(None),
+        }
     }
 
     fn rebuild_epochs_from(&mut self, from: i64, report: &mut RecoveryReport) {
