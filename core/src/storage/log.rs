@@ -1219,7 +1219,12 @@ impl<D: Disk> Log<D> {
         // log, so the cache knows what each batch must say.
         let mut pos = loc.position;
         for h in batches.iter().filter(|_| check_epochs) {
-            if let Some(epoch) = self.epochs.epoch_for(h.base_offset) {
+            // The batch holding the log start begins below it, where the
+            // cache (cut at the log start) has no entry.
+            if let Some(epoch) = self
+                .epochs
+                .epoch_for(h.base_offset.max(self.log_start_offset))
+            {
                 if h.partition_leader_epoch != epoch {
                     return Err(ScanStop::Invalid {
                         position: pos,
