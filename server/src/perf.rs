@@ -701,9 +701,9 @@ pub fn cmd_disk(args: &DiskArgs) -> Result<(), String> {
         .map_err(|e| format!("creating the benchmark directory: {e}"))?;
     let report = measure(&work.path, args)?;
     if args.json {
-        println!("{}", report.to_json());
+        crate::outln!("{}", report.to_json());
     } else {
-        print!("{}", report.to_table());
+        crate::out!("{}", report.to_table());
     }
     Ok(())
 }

@@ -338,7 +338,7 @@ pub fn cmd_shrink(args: &ShrinkArgs) -> bool {
         Ok(s) => {
             if args.trace {
                 for line in &s.report.trace {
-                    println!("{line}");
+                    crate::outln!("{line}");
                 }
             }
             let off: Vec<&str> = s
@@ -348,19 +348,19 @@ pub fn cmd_shrink(args: &ShrinkArgs) -> bool {
                 .iter()
                 .map(|k| k.name())
                 .collect();
-            println!(
+            crate::outln!(
                 "seed {} ({}): shrunk in {} runs, {} ms",
                 args.seed,
                 args.workload,
                 s.runs,
                 millis(start.elapsed())
             );
-            println!("  violation kind  {}", s.violation_kind);
-            println!(
+            crate::outln!("  violation kind  {}", s.violation_kind);
+            crate::outln!(
                 "  violation       {}",
                 s.report.violation.as_deref().unwrap_or("(none)")
             );
-            println!(
+            crate::outln!(
                 "  faults off      {}",
                 if off.is_empty() {
                     "none".to_string()
@@ -369,10 +369,10 @@ pub fn cmd_shrink(args: &ShrinkArgs) -> bool {
                 }
             );
             if let Some(ms) = s.options.overrides.safety_ms {
-                println!("  safety phase    {ms} ms");
+                crate::outln!("  safety phase    {ms} ms");
             }
-            println!("  events          {}", s.report.events);
-            println!("  replay          {} --trace", s.options.replay_command());
+            crate::outln!("  events          {}", s.report.events);
+            crate::outln!("  replay          {} --trace", s.options.replay_command());
             true
         }
         Err(e) => {
@@ -392,14 +392,14 @@ pub fn cmd_run(args: &RunArgs) -> bool {
         if args.trace {
             v["trace"] = json!(outcome.trace);
         }
-        println!("{v}");
+        crate::outln!("{v}");
     } else {
         if args.trace {
             for line in &outcome.trace {
-                println!("{line}");
+                crate::outln!("{line}");
             }
         }
-        print!("{}", HumanSummary(&outcome));
+        crate::out!("{}", HumanSummary(&outcome));
     }
     outcome.ok
 }
@@ -564,7 +564,7 @@ pub fn cmd_swarm(args: &SwarmArgs) -> bool {
             if json {
                 eprintln!("{}", fail_line(o));
             } else {
-                println!("{}", fail_line(o));
+                crate::outln!("{}", fail_line(o));
             }
         },
     );
@@ -596,16 +596,16 @@ pub fn cmd_swarm(args: &SwarmArgs) -> bool {
             "simulated_s_per_wall_s": round1(summary.simulated_s_per_wall_s()),
             "seeds_per_minute": round1(summary.seeds_per_minute()),
         });
-        println!("{v}");
+        crate::outln!("{v}");
     } else {
         if !summary.failures.is_empty() {
-            println!("failures, by seed:");
+            crate::outln!("failures, by seed:");
             for o in &summary.failures {
-                println!("  {}", fail_line(o));
+                crate::outln!("  {}", fail_line(o));
             }
         }
-        println!("{}", summary.closing_line());
-        println!("seeds per minute: {:.1}", summary.seeds_per_minute());
+        crate::outln!("{}", summary.closing_line());
+        crate::outln!("seeds per minute: {:.1}", summary.seeds_per_minute());
     }
     summary.failures.is_empty()
 }
