@@ -20,7 +20,9 @@
 //! Everything random comes from the disk's own ChaCha stream, so a run's
 //! disk behaviour is a function of its seed.
 
-use odradek_core::io::disk::{parent_dir, Disk, DiskError, DiskFile, DiskResult};
+use odradek_core::io::disk::{
+    ancestors, file_name, parent_dir, Disk, DiskError, DiskFile, DiskResult,
+};
 use odradek_core::io::Random;
 use odradek_nemesis::DiskFaults;
 use rand_chacha::ChaCha8Rng;
@@ -550,7 +552,7 @@ impl Disk for SimDisk {
             .visible
             .keys()
             .filter(|p| parent_dir(p) == dir)
-            .map(|p| p.rsplit('/').next().unwrap_or(p).to_string())
+            .map(|p| file_name(p).to_string())
             .collect())
     }
 
@@ -558,14 +560,7 @@ impl Disk for SimDisk {
         // Directories themselves are modelled as always durable: the
         // interesting losses are of the entries inside them.
         let mut st = self.state.borrow_mut();
-        let mut acc = String::new();
-        for part in dir.split('/').filter(|p| !p.is_empty()) {
-            if !acc.is_empty() {
-                acc.push('/');
-            }
-            acc.push_str(part);
-            st.dirs.insert(acc.clone());
-        }
+        st.dirs.extend(ancestors(dir));
         Ok(())
     }
 

@@ -73,6 +73,26 @@ impl Model {
         self.durable_end = self.durable_end.max(end);
     }
 
+    /// Records a batch written at `base` in `epoch`, as the log stores it.
+    /// Returns its last offset.
+    fn record(&mut self, mut batch: Vec<u8>, base: i64, epoch: i32) -> i64 {
+        batch::set_base_offset(&mut batch, base);
+        batch::set_partition_leader_epoch(&mut batch, epoch);
+        let last = batch::BatchHeader::parse(&batch)
+            .expect("built")
+            .last_offset();
+        self.batches.insert(
+            base,
+            ModelBatch {
+                bytes: batch,
+                last,
+                durable: false,
+            },
+        );
+        self.epochs.assign(epoch, base);
+        last
+    }
+
     fn drop_below(&mut self, start: i64) {
         self.batches.retain(|_, b| b.last >= start);
         self.start = start;
@@ -780,18 +800,7 @@ impl Run {
                     );
                 }
                 let m = &mut self.models[p];
-                let mut stored = batch;
-                batch::set_base_offset(&mut stored, info.base_offset);
-                batch::set_partition_leader_epoch(&mut stored, epoch);
-                m.batches.insert(
-                    info.base_offset,
-                    ModelBatch {
-                        bytes: stored,
-                        last: info.last_offset,
-                        durable: false,
-                    },
-                );
-                m.epochs.assign(epoch, info.base_offset);
+                m.record(batch, info.base_offset, epoch);
                 m.end = info.last_offset + 1;
                 if info.durable {
                     let end = m.end;
@@ -804,21 +813,7 @@ impl Run {
                 // produce request that timed out.
                 let m = &mut self.models[p];
                 let base = m.end;
-                let mut stored = batch;
-                batch::set_base_offset(&mut stored, base);
-                batch::set_partition_leader_epoch(&mut stored, epoch);
-                let last = batch::BatchHeader::parse(&stored)
-                    .expect("built")
-                    .last_offset();
-                m.batches.insert(
-                    base,
-                    ModelBatch {
-                        bytes: stored,
-                        last,
-                        durable: false,
-                    },
-                );
-                m.epochs.assign(epoch, base);
+                m.record(batch, base, epoch);
                 self.restart_after_offline(&why)
             }
             Err(LogError::Disk(e)) => {
@@ -1139,18 +1134,7 @@ impl Run {
             match appended {
                 Ok(info) => {
                     let m = &mut self.models[p];
-                    let mut stored = batch;
-                    batch::set_base_offset(&mut stored, info.base_offset);
-                    batch::set_partition_leader_epoch(&mut stored, epoch);
-                    m.batches.insert(
-                        info.base_offset,
-                        ModelBatch {
-                            bytes: stored,
-                            last: info.last_offset,
-                            durable: false,
-                        },
-                    );
-                    m.epochs.assign(epoch, info.base_offset);
+                    m.record(batch, info.base_offset, epoch);
                     m.end = info.last_offset + 1;
                 }
                 Err(e) => {

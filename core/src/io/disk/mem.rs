@@ -111,20 +111,13 @@ impl Disk for MemDisk {
             .files
             .keys()
             .filter(|p| super::parent_dir(p) == dir)
-            .map(|p| p.rsplit('/').next().unwrap_or(p).to_string())
+            .map(|p| super::file_name(p).to_string())
             .collect())
     }
 
     fn create_dir_all(&self, dir: &str) -> DiskResult<()> {
         let mut st = self.state.borrow_mut();
-        let mut acc = String::new();
-        for part in dir.split('/').filter(|p| !p.is_empty()) {
-            if !acc.is_empty() {
-                acc.push('/');
-            }
-            acc.push_str(part);
-            st.dirs.insert(acc.clone());
-        }
+        st.dirs.extend(super::ancestors(dir));
         Ok(())
     }
 

@@ -100,6 +100,25 @@ pub fn parent_dir(path: &str) -> &str {
     }
 }
 
+/// The last component of a path.
+pub fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Every directory from the top down to `dir` itself: `a`, `a/b`, `a/b/c`.
+pub fn ancestors(dir: &str) -> Vec<String> {
+    let mut acc = String::new();
+    let mut out = Vec::new();
+    for part in dir.split('/').filter(|p| !p.is_empty()) {
+        if !acc.is_empty() {
+            acc.push('/');
+        }
+        acc.push_str(part);
+        out.push(acc.clone());
+    }
+    out
+}
+
 /// `dir` joined with `name`.
 pub fn join(dir: &str, name: &str) -> String {
     if dir.is_empty() {
