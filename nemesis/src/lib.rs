@@ -132,6 +132,38 @@ impl fmt::Display for DiskFaults {
     }
 }
 
+/// Per-message behaviour of links. Reordering is what delays that vary
+/// per message produce; nothing keeps two messages on one link in order.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct NetFaults {
+    /// Chance that a message is dropped.
+    pub loss: f64,
+    /// Chance that a message is delivered twice (at independent times).
+    pub duplicate: f64,
+    /// One-way delay in microseconds: uniform in this range.
+    pub delay_us: (u64, u64),
+}
+
+impl NetFaults {
+    /// A LAN that never misbehaves: 50–500 µs one way.
+    pub fn none() -> NetFaults {
+        NetFaults {
+            delay_us: (50, 500),
+            ..NetFaults::default()
+        }
+    }
+
+    /// Draws rates for a run: each fault off half the time.
+    pub fn draw<R: Random + ?Sized>(rng: &mut R) -> NetFaults {
+        let lo = rng.between(10, 1000);
+        NetFaults {
+            loss: maybe_rate(rng, 1e-3, 0.2),
+            duplicate: maybe_rate(rng, 1e-3, 0.1),
+            delay_us: (lo, lo * rng.between(1, 100)),
+        }
+    }
+}
+
 /// Which faults a run uses and how often, drawn once per seed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Swarm {

@@ -8,6 +8,7 @@
 //! hashes.
 
 pub mod disk;
+pub mod net;
 pub mod rng;
 pub mod storage;
 pub mod trace;

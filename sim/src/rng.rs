@@ -12,6 +12,7 @@ pub enum Stream {
     Workload = 3,
     Disk = 4,
     Buggify = 5,
+    Network = 6,
 }
 
 pub fn stream(seed: u64, which: Stream) -> ChaCha8Rng {

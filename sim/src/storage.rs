@@ -24,7 +24,7 @@ use crate::rng::{self, Stream};
 use crate::trace::Trace;
 use crate::{FaultKind, RunOptions, RunReport, Workload};
 use odradek_core::buggify::Buggify;
-use odradek_core::io::Random;
+use odradek_core::io::{Instant, Random, TimerQueue};
 use odradek_core::storage::batch::{self, BatchBuilder};
 use odradek_core::storage::checkpoint::LeaderEpochCache;
 use odradek_core::storage::segment::parse_data_name;
@@ -156,8 +156,7 @@ struct Run {
     partitions: usize,
     logs: Option<Vec<Log<SimDisk>>>,
     models: Vec<Model>,
-    queue: BTreeMap<(u64, u64), Event>,
-    seq: u64,
+    queue: TimerQueue<Event>,
     busy_until: u64,
     wall_offset_ms: i64,
     faults_on: bool,
@@ -252,8 +251,7 @@ pub fn run(opts: &RunOptions) -> RunReport {
         partitions,
         logs: None,
         models: (0..partitions).map(|_| Model::default()).collect(),
-        queue: BTreeMap::new(),
-        seq: 0,
+        queue: TimerQueue::new(),
         busy_until: 0,
         wall_offset_ms: 0,
         faults_on: true,
@@ -287,8 +285,7 @@ macro_rules! trace {
 
 impl Run {
     fn schedule_at(&mut self, at: u64, ev: Event) {
-        self.seq += 1;
-        self.queue.insert((at, self.seq), ev);
+        self.queue.schedule(Instant(at), ev);
     }
 
     fn wall_ms(&self) -> i64 {
@@ -336,7 +333,7 @@ impl Run {
         if let FlushPolicy::IntervalMs(ms) = self.config.flush {
             self.schedule_at(ms * MS, Event::FlushTick);
         }
-        while let Some(((at, _), ev)) = self.queue.pop_first() {
+        while let Some((Instant(at), ev)) = self.queue.pop_next() {
             if self.violation.is_some() {
                 break;
             }

@@ -96,3 +96,106 @@ impl Clock for ManualClock {
         self.wall_ms
     }
 }
+
+/// Identifies a scheduled timer, for cancelling it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TimerId(Instant, u64);
+
+/// Timers in deterministic order: by deadline, and among equal deadlines by
+/// the order they were set — never by anything a hasher or a thread
+/// scheduler decides. Protocol state machines keep their timeouts here and
+/// report `next_deadline()` to their driver; the simulator's event loop is
+/// one of these too.
+#[derive(Debug)]
+pub struct TimerQueue<T> {
+    entries: std::collections::BTreeMap<TimerId, T>,
+    seq: u64,
+}
+
+impl<T> Default for TimerQueue<T> {
+    fn default() -> Self {
+        TimerQueue {
+            entries: std::collections::BTreeMap::new(),
+            seq: 0,
+        }
+    }
+}
+
+impl<T> TimerQueue<T> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn schedule(&mut self, at: Instant, item: T) -> TimerId {
+        self.seq += 1;
+        let id = TimerId(at, self.seq);
+        self.entries.insert(id, item);
+        id
+    }
+
+    pub fn cancel(&mut self, id: TimerId) -> Option<T> {
+        self.entries.remove(&id)
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.entries.keys().next().map(|id| id.0)
+    }
+
+    /// The earliest timer whose deadline is at or before `now`.
+    pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, T)> {
+        if self.next_deadline()? > now {
+            return None;
+        }
+        self.pop_next()
+    }
+
+    /// The earliest timer, whenever it is due: a simulator jumps its clock
+    /// straight to it.
+    pub fn pop_next(&mut self) -> Option<(Instant, T)> {
+        self.entries.pop_first().map(|(id, item)| (id.0, item))
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timers_fire_by_deadline_then_by_order_set() {
+        let mut q = TimerQueue::new();
+        q.schedule(Instant::from_millis(5), "b");
+        let c = q.schedule(Instant::from_millis(1), "a");
+        q.schedule(Instant::from_millis(5), "c");
+        q.schedule(Instant::from_millis(3), "x");
+        assert_eq!(q.cancel(c), Some("a"));
+        assert_eq!(q.next_deadline(), Some(Instant::from_millis(3)));
+        assert_eq!(q.pop_due(Instant::from_millis(2)), None);
+        assert_eq!(
+            q.pop_due(Instant::from_millis(3)),
+            Some((Instant::from_millis(3), "x"))
+        );
+        assert_eq!(q.pop_next(), Some((Instant::from_millis(5), "b")));
+        assert_eq!(q.pop_next(), Some((Instant::from_millis(5), "c")));
+        assert!(q.is_empty());
+        assert_eq!(q.pop_next(), None);
+    }
+
+    #[test]
+    fn instant_arithmetic_saturates() {
+        let t = Instant::from_millis(10);
+        assert_eq!(t - Instant::from_millis(20), 0);
+        assert_eq!((t + 5).as_nanos(), 10_000_005);
+        assert_eq!(Instant(u64::MAX) + 1, Instant(u64::MAX));
+        let mut c = ManualClock::default();
+        c.advance_millis(7);
+        assert_eq!((c.now().as_millis(), c.wall_ms()), (7, 7));
+    }
+}

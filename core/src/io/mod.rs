@@ -5,7 +5,7 @@ pub mod disk;
 pub mod net;
 pub mod rand;
 
-pub use clock::{Clock, Instant};
+pub use clock::{Clock, Instant, TimerId, TimerQueue};
 pub use disk::{Disk, DiskError, DiskFile, DiskResult};
 pub use net::{Address, Envelope, Network, NodeId};
 pub use rand::Random;
