@@ -2,6 +2,7 @@
 //! core's interfaces, and the commands of the `odradek` binary.
 
 pub mod disk;
+pub mod net;
 pub mod perf;
 pub mod sim_cmd;
 
