@@ -7,4 +7,5 @@
 
 pub mod buggify;
 pub mod io;
+pub mod kafka;
 pub mod storage;
