@@ -25,6 +25,7 @@ use clap::Args;
 use odradek_core::buggify::Buggify;
 use odradek_core::io::Disk;
 use odradek_core::storage::batch::{BatchBuilder, HEADER_SIZE};
+use odradek_core::storage::group_commit::PendingAcks;
 use odradek_core::storage::{FlushPolicy, Log, LogConfig};
 use serde_json::{json, Value};
 
@@ -389,22 +390,47 @@ fn log_thread(
         syncs: 0,
         bytes: 0,
     };
-    let mut pending: Vec<Request> = Vec::new();
+    let mut acks = PendingAcks::new();
     while let Ok(first) = requests.recv() {
-        pending.push(first);
+        let mut queued = vec![first];
         while let Ok(more) = requests.try_recv() {
-            pending.push(more);
+            queued.push(more);
         }
-        let batches: Vec<&[u8]> = pending.iter().map(|r| r.batch.as_slice()).collect();
-        let result = append_durably(&mut log, &batches);
+        let mut failure = None;
+        for r in queued {
+            match log.append(&r.batch, now_ms()) {
+                Ok(info) => {
+                    stats.appends += 1;
+                    stats.bytes += r.batch.len() as u64;
+                    acks.push(info.last_offset, r.reply);
+                }
+                Err(e) => {
+                    let _ = r.reply.send(Err(format!("append: {e}")));
+                    failure = Some(format!("append: {e}"));
+                }
+            }
+        }
+        // One sync for everything appended since the last one.
+        let synced = log.flush().map_err(|e| format!("flush: {e}"));
         stats.syncs += 1;
-        stats.appends += pending.len() as u64;
-        stats.bytes += batches.iter().map(|b| b.len() as u64).sum::<u64>();
-        for r in pending.drain(..) {
+        let (released, result) = match synced {
+            Ok(durable_end) => (acks.release(durable_end), Ok(())),
+            Err(e) => (acks.fail_all(), Err(e)),
+        };
+        for reply in released {
             // A writer that has gone away needs no ack.
-            let _ = r.reply.send(result.clone());
+            let _ = reply.send(result.clone());
+        }
+        if !acks.is_empty() {
+            return Err(format!(
+                "{} appends not covered by the sync that followed them",
+                acks.len()
+            ));
         }
         result?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
     }
     log.close().map_err(|e| format!("closing the log: {e}"))?;
     Ok(stats)
