@@ -2,8 +2,10 @@
 //! core's interfaces, and the commands of the `odradek` binary.
 
 pub mod disk;
+pub mod kafka_listener;
 pub mod net;
 pub mod perf;
+pub mod server_cmd;
 pub mod sim_cmd;
 
 /// Writes to standard output, exiting quietly if the reader has gone away

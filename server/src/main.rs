@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use odradek::perf::{self, DiskArgs};
+use odradek::server_cmd::{self, ServerArgs};
 use odradek::sim_cmd::{self, RunArgs, ShrinkArgs, SwarmArgs};
 use tracing_subscriber::EnvFilter;
 
@@ -21,6 +22,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run a single-node Kafka-compatible broker.
+    Server(ServerArgs),
     /// The deterministic simulator.
     Sim {
         #[command(subcommand)]
@@ -61,6 +64,8 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let ok = match &cli.command {
+        // It has its own exit codes: 2 for a bad configuration.
+        Command::Server(args) => return server_cmd::cmd_server(args),
         Command::Sim { command } => match command {
             SimCommand::Run(args) => sim_cmd::cmd_run(args),
             SimCommand::Swarm(args) => sim_cmd::cmd_swarm(args),
@@ -145,6 +150,45 @@ mod tests {
                 assert_eq!(a.batch_bytes, 16384);
                 assert_eq!(a.writers.get(), 4);
                 assert!(a.dir.is_none() && !a.json);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_server() {
+        let cli = Cli::try_parse_from(["odradek", "server"]).unwrap();
+        match cli.command {
+            Command::Server(a) => assert!(a.listeners.is_none() && a.config.is_none()),
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "odradek",
+            "server",
+            "--listeners",
+            "PLAINTEXT://127.0.0.1:0",
+            "--advertised-listeners",
+            "PLAINTEXT://localhost:9092",
+            "--node-id",
+            "3",
+            "--log-dirs",
+            "/tmp/x",
+            "--socket-request-max-bytes",
+            "1000",
+            "--connections-max-idle-ms",
+            "-1",
+            "--max-connections",
+            "5",
+            "--config",
+            "server.properties",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Server(a) => {
+                assert_eq!(a.listeners.as_deref(), Some("PLAINTEXT://127.0.0.1:0"));
+                assert_eq!(a.node_id.as_deref(), Some("3"));
+                assert_eq!(a.connections_max_idle_ms.as_deref(), Some("-1"));
+                assert_eq!(a.config.unwrap().to_str(), Some("server.properties"));
             }
             other => panic!("{other:?}"),
         }

@@ -1,0 +1,794 @@
+//! `odradek server`: configuration (flags, environment, properties file)
+//! and the process around the Kafka listener.
+//!
+//! Settings use Kafka's broker config names. Each can come from a flag
+//! (`--log-dirs`), an environment variable (`ODRADEK_LOG_DIRS`) or a line of
+//! the `--config` file (`log.dirs=...`); the first of those that is present
+//! wins, then the default. Every source goes through the same parser, so a
+//! bad value is reported the same way wherever it came from, naming where
+//! it came from.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use odradek_core::kafka::{Broker, BrokerConfig};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use crate::kafka_listener::{
+    KafkaListener, ListenerConfig, DEFAULT_CONNECTIONS_MAX_IDLE_MS, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_REQUEST_BYTES,
+};
+use crate::outln;
+
+/// Until storage is attached there is no `meta.properties` to keep a
+/// generated cluster id in, so every run reports the same one.
+const CLUSTER_ID: &str = "odradek-dev";
+
+const DEFAULT_LISTENERS: &str = "PLAINTEXT://127.0.0.1:9092";
+const DEFAULT_LOG_DIRS: &str = "./odradek-data";
+const DEFAULT_NODE_ID: i32 = 1;
+
+/// The settings understood, by their Kafka names.
+pub const KEYS: &[&str] = &[
+    "listeners",
+    "advertised.listeners",
+    "node.id",
+    "log.dirs",
+    "socket.request.max.bytes",
+    "connections.max.idle.ms",
+    "max.connections",
+];
+
+/// Values are taken as strings here and parsed in [`resolve`], so that a
+/// flag, a variable and a file line share one parser and one error format.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct ServerArgs {
+    /// A Kafka-style properties file: `key=value` lines, `#` comments.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// `listeners`: where to accept clients [default: PLAINTEXT://127.0.0.1:9092]
+    #[arg(long, value_name = "PLAINTEXT://HOST:PORT")]
+    pub listeners: Option<String>,
+    /// `advertised.listeners`: the address clients are told to use
+    /// [default: the listener; port 0 means the port actually bound]
+    #[arg(long, value_name = "PLAINTEXT://HOST:PORT")]
+    pub advertised_listeners: Option<String>,
+    /// `node.id` [default: 1]
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
+    /// `log.dirs`: the data directory [default: ./odradek-data]
+    #[arg(long, value_name = "DIR")]
+    pub log_dirs: Option<String>,
+    /// `socket.request.max.bytes` [default: 104857600]
+    #[arg(long, value_name = "BYTES")]
+    pub socket_request_max_bytes: Option<String>,
+    /// `connections.max.idle.ms`; -1 never closes idle connections
+    /// [default: 600000]
+    #[arg(long, value_name = "MS", allow_negative_numbers = true)]
+    pub connections_max_idle_ms: Option<String>,
+    /// `max.connections`: concurrent client connections [default: 10000]
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<String>,
+}
+
+impl ServerArgs {
+    fn flag(&self, key: &str) -> Option<&String> {
+        match key {
+            "listeners" => self.listeners.as_ref(),
+            "advertised.listeners" => self.advertised_listeners.as_ref(),
+            "node.id" => self.node_id.as_ref(),
+            "log.dirs" => self.log_dirs.as_ref(),
+            "socket.request.max.bytes" => self.socket_request_max_bytes.as_ref(),
+            "connections.max.idle.ms" => self.connections_max_idle_ms.as_ref(),
+            "max.connections" => self.max_connections.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// The environment variable for a key: `log.dirs` is `ODRADEK_LOG_DIRS`.
+pub fn env_var_name(key: &str) -> String {
+    format!("ODRADEK_{}", key.to_ascii_uppercase().replace('.', "_"))
+}
+
+fn flag_name(key: &str) -> String {
+    format!("--{}", key.replace('.', "-"))
+}
+
+/// Where a value came from, for error messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File { path: PathBuf, line: usize },
+    Env(String),
+    Flag(String),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => write!(f, "the default"),
+            Source::File { path, line } => write!(f, "{}:{line}", path.display()),
+            Source::Env(var) => write!(f, "environment variable {var}"),
+            Source::Flag(flag) => write!(f, "flag {flag}"),
+        }
+    }
+}
+
+/// A configuration that cannot be used; the command exits 2 on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// One listener: `PLAINTEXT://HOST:PORT`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Without IPv6 brackets; empty means all interfaces (Kafka's
+    /// `PLAINTEXT://:9092`).
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "PLAINTEXT://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "PLAINTEXT://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The resolved configuration of `odradek server`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub listener: Endpoint,
+    pub advertised: Endpoint,
+    pub node_id: i32,
+    pub log_dir: PathBuf,
+    pub socket_request_max_bytes: usize,
+    /// `None`: idle connections are never closed.
+    pub connections_max_idle_ms: Option<u64>,
+    pub max_connections: usize,
+}
+
+/// Parses a properties file: `key=value` per line, surrounding whitespace
+/// ignored, blank lines and lines starting with `#` or `!` skipped (Java
+/// properties' comment markers). Returns (key, value, line number).
+pub fn parse_properties(
+    text: &str,
+    path: &Path,
+) -> Result<Vec<(String, String, usize)>, ConfigError> {
+    let mut entries = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(ConfigError(format!(
+                "{}:{}: expected key=value, found {line:?}",
+                path.display(),
+                index + 1
+            )));
+        };
+        entries.push((key.trim().to_string(), value.trim().to_string(), index + 1));
+    }
+    Ok(entries)
+}
+
+/// Combines the sources (flag > environment > file > default) and validates
+/// the result. `file` is the properties file's path and text, if one was
+/// given. Returns the configuration and warnings to log (unknown keys).
+pub fn resolve(
+    args: &ServerArgs,
+    env: &dyn Fn(&str) -> Option<String>,
+    file: Option<(&Path, &str)>,
+) -> Result<(ServerConfig, Vec<String>), ConfigError> {
+    let mut warnings = Vec::new();
+    let mut chosen: BTreeMap<&'static str, (String, Source)> = BTreeMap::new();
+    if let Some((path, text)) = file {
+        for (key, value, line) in parse_properties(text, path)? {
+            match KEYS.iter().find(|k| **k == key) {
+                Some(known) => {
+                    // A later line wins, as in Java's Properties.
+                    let source = Source::File {
+                        path: path.to_path_buf(),
+                        line,
+                    };
+                    chosen.insert(known, (value, source));
+                }
+                None => warnings.push(format!(
+                    "{}:{line}: unknown setting {key:?} ignored",
+                    path.display()
+                )),
+            }
+        }
+    }
+    for key in KEYS {
+        let var = env_var_name(key);
+        if let Some(value) = env(&var) {
+            chosen.insert(key, (value, Source::Env(var)));
+        }
+        if let Some(value) = args.flag(key) {
+            chosen.insert(key, (value.clone(), Source::Flag(flag_name(key))));
+        }
+    }
+    let get = |key: &'static str, default: &str| -> (String, Source) {
+        chosen
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| (default.to_string(), Source::Default))
+    };
+    let bad = |key: &str, (value, source): &(String, Source), why: &str| {
+        ConfigError(format!(
+            "invalid value {value:?} for {key} (from {source}): {why}"
+        ))
+    };
+
+    let listeners = get("listeners", DEFAULT_LISTENERS);
+    let listener =
+        parse_endpoint(&listeners.0).map_err(|why| bad("listeners", &listeners, &why))?;
+    let advertised = match chosen.get("advertised.listeners") {
+        Some(given) => {
+            let e =
+                parse_endpoint(&given.0).map_err(|why| bad("advertised.listeners", given, &why))?;
+            check_routable(&e).map_err(|why| bad("advertised.listeners", given, &why))?;
+            e
+        }
+        None => {
+            check_routable(&listener).map_err(|why| {
+                bad(
+                    "listeners",
+                    &listeners,
+                    &format!("{why}; set advertised.listeners to a routable address"),
+                )
+            })?;
+            listener.clone()
+        }
+    };
+
+    let node = get("node.id", &DEFAULT_NODE_ID.to_string());
+    let node_id = match node.0.parse::<i32>() {
+        Ok(id) if id >= 0 => id,
+        _ => {
+            return Err(bad(
+                "node.id",
+                &node,
+                "expected an integer from 0 to 2147483647",
+            ))
+        }
+    };
+
+    let dirs = get("log.dirs", DEFAULT_LOG_DIRS);
+    let dir_list: Vec<&str> = dirs.0.split(',').map(str::trim).collect();
+    let log_dir = match dir_list[..] {
+        [one] if !one.is_empty() => PathBuf::from(one),
+        [""] => return Err(bad("log.dirs", &dirs, "expected a directory")),
+        _ => {
+            return Err(bad(
+                "log.dirs",
+                &dirs,
+                "only one log directory is supported so far",
+            ))
+        }
+    };
+
+    let max_bytes = get(
+        "socket.request.max.bytes",
+        &DEFAULT_MAX_REQUEST_BYTES.to_string(),
+    );
+    let socket_request_max_bytes = match max_bytes.0.parse::<i32>() {
+        // Kafka's own bound: sizes are i32 on the wire.
+        Ok(n) if n >= 1 => n as usize,
+        _ => {
+            return Err(bad(
+                "socket.request.max.bytes",
+                &max_bytes,
+                "expected an integer from 1 to 2147483647",
+            ))
+        }
+    };
+
+    let idle = get(
+        "connections.max.idle.ms",
+        &DEFAULT_CONNECTIONS_MAX_IDLE_MS.to_string(),
+    );
+    let connections_max_idle_ms = match idle.0.parse::<i64>() {
+        // Kafka disables idle expiry for any negative value.
+        Ok(n) if n < 0 => None,
+        Ok(n) if n > 0 => Some(n as u64),
+        _ => {
+            return Err(bad(
+                "connections.max.idle.ms",
+                &idle,
+                "expected a positive number of milliseconds, or -1 for no limit",
+            ))
+        }
+    };
+
+    let max_conn = get("max.connections", &DEFAULT_MAX_CONNECTIONS.to_string());
+    let max_connections = match max_conn.0.parse::<i32>() {
+        Ok(n) if n >= 1 => n as usize,
+        _ => {
+            return Err(bad(
+                "max.connections",
+                &max_conn,
+                "expected an integer from 1 to 2147483647",
+            ))
+        }
+    };
+
+    Ok((
+        ServerConfig {
+            listener,
+            advertised,
+            node_id,
+            log_dir,
+            socket_request_max_bytes,
+            connections_max_idle_ms,
+            max_connections,
+        },
+        warnings,
+    ))
+}
+
+/// Parses `PLAINTEXT://HOST:PORT` (one listener; IPv6 hosts in brackets).
+fn parse_endpoint(value: &str) -> Result<Endpoint, String> {
+    let value = value.trim();
+    if value.contains(',') {
+        return Err("only one listener is supported so far".to_string());
+    }
+    let Some((protocol, rest)) = value.split_once("://") else {
+        return Err("expected PLAINTEXT://HOST:PORT".to_string());
+    };
+    if protocol != "PLAINTEXT" {
+        return Err(format!(
+            "listener {protocol:?} is not supported; only PLAINTEXT is, so far"
+        ));
+    }
+    let Some((host, port)) = rest.rsplit_once(':') else {
+        return Err("expected PLAINTEXT://HOST:PORT (the port is missing)".to_string());
+    };
+    let host = match host.strip_prefix('[') {
+        Some(inner) => inner
+            .strip_suffix(']')
+            .ok_or_else(|| "unclosed '[' in the host".to_string())?,
+        None if host.contains(':') => {
+            return Err("an IPv6 host must be in brackets: PLAINTEXT://[::1]:9092".to_string())
+        }
+        None => host,
+    };
+    if host.contains(['/', ' ', '[', ']']) {
+        return Err(format!("{host:?} is not a host name or address"));
+    }
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("port {port:?} is not a number from 0 to 65535"))?;
+    Ok(Endpoint {
+        host: host.to_string(),
+        port,
+    })
+}
+
+/// Kafka refuses to advertise the wildcard address: clients could not use
+/// it to connect back.
+fn check_routable(endpoint: &Endpoint) -> Result<(), String> {
+    match endpoint.host.as_str() {
+        "" | "0.0.0.0" | "::" => Err(format!(
+            "{endpoint} cannot be advertised: clients cannot connect to a wildcard address"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Runs `odradek server`: exit 0 after a clean shutdown, 2 for a bad
+/// configuration, 1 when the server could not start or failed.
+pub fn cmd_server(args: &ServerArgs) -> ExitCode {
+    let file_text = match &args.config {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => Some((path.as_path(), text)),
+            Err(e) => {
+                eprintln!(
+                    "odradek server: cannot read config file {}: {e}",
+                    path.display()
+                );
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    let env = |var: &str| std::env::var(var).ok();
+    let file = file_text
+        .as_ref()
+        .map(|(path, text)| (*path, text.as_str()));
+    let config = match resolve(args, &env, file) {
+        Ok((config, warnings)) => {
+            for w in warnings {
+                tracing::warn!("{w}");
+            }
+            config
+        }
+        Err(e) => {
+            eprintln!("odradek server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("odradek server: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("odradek server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: ServerConfig) -> Result<(), String> {
+    // Installed before the address is printed: whoever reads it may signal
+    // at once, and a signal before the handler exists would kill the
+    // process without the clean shutdown.
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+
+    std::fs::create_dir_all(&config.log_dir).map_err(|e| {
+        format!(
+            "cannot create data directory {}: {e}",
+            config.log_dir.display()
+        )
+    })?;
+    let listen = resolve_listen_addr(&config.listener)?;
+    let listener = KafkaListener::bind(ListenerConfig {
+        listen,
+        max_request_bytes: config.socket_request_max_bytes,
+        connections_max_idle: config.connections_max_idle_ms.map(Duration::from_millis),
+        max_connections: config.max_connections,
+        ..ListenerConfig::default()
+    })
+    .await
+    .map_err(|e| format!("cannot listen on {}: {e}", config.listener))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    let mut advertised = config.advertised.clone();
+    if advertised.port == 0 {
+        advertised.port = bound.port();
+    }
+    let broker = Broker::new(BrokerConfig {
+        node_id: config.node_id,
+        advertised_host: advertised.host.clone(),
+        advertised_port: i32::from(advertised.port),
+        cluster_id: CLUSTER_ID.to_string(),
+    });
+
+    outln!("odradek server");
+    outln!("node id: {}", config.node_id);
+    outln!("listening on: PLAINTEXT://{bound}");
+    outln!("advertised as: {advertised}");
+    outln!("data dir: {}", config.log_dir.display());
+    tracing::warn!(
+        dir = %config.log_dir.display(),
+        "storage is not attached to the broker yet: the data directory is created but nothing is written to it"
+    );
+
+    let (stop, stop_rx) = watch::channel(false);
+    let serving = tokio::spawn(listener.serve(Arc::new(Mutex::new(broker)), stop_rx));
+    tokio::pin!(serving);
+    let signal_name = tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
+        finished = &mut serving => {
+            // The listener only stops by itself on a failure.
+            return match finished {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("listener failed: {e}")),
+                Err(e) => Err(format!("listener task failed: {e}")),
+            };
+        }
+    };
+    tracing::info!(signal = signal_name, "shutting down");
+    // Fails only if the listener already ended, which the await reports.
+    let _ = stop.send(true);
+    match serving.await {
+        Ok(Ok(())) => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(format!("listener failed: {e}")),
+        Err(e) => Err(format!("listener task failed: {e}")),
+    }
+}
+
+/// The first address the listener's host resolves to; an empty host is
+/// every IPv4 interface, as Kafka binds it.
+fn resolve_listen_addr(endpoint: &Endpoint) -> Result<SocketAddr, String> {
+    let host = if endpoint.host.is_empty() {
+        "0.0.0.0"
+    } else {
+        endpoint.host.as_str()
+    };
+    (host, endpoint.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve listener host {host:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("listener host {host:?} resolves to no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn resolve_ok(
+        args: &ServerArgs,
+        env: &dyn Fn(&str) -> Option<String>,
+        file: Option<&str>,
+    ) -> (ServerConfig, Vec<String>) {
+        resolve(args, env, file.map(|t| (Path::new("test.properties"), t))).unwrap()
+    }
+
+    fn resolve_err(
+        args: &ServerArgs,
+        env: &dyn Fn(&str) -> Option<String>,
+        file: Option<&str>,
+    ) -> String {
+        resolve(args, env, file.map(|t| (Path::new("test.properties"), t)))
+            .unwrap_err()
+            .0
+    }
+
+    #[test]
+    fn defaults() {
+        let (c, warnings) = resolve_ok(&ServerArgs::default(), &no_env, None);
+        assert!(warnings.is_empty());
+        assert_eq!(
+            c,
+            ServerConfig {
+                listener: Endpoint {
+                    host: "127.0.0.1".into(),
+                    port: 9092
+                },
+                advertised: Endpoint {
+                    host: "127.0.0.1".into(),
+                    port: 9092
+                },
+                node_id: 1,
+                log_dir: PathBuf::from("./odradek-data"),
+                socket_request_max_bytes: 104_857_600,
+                connections_max_idle_ms: Some(600_000),
+                max_connections: 10_000,
+            }
+        );
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file() {
+        let file = "# comment\n\n  node.id = 7 \nlog.dirs=/from/file\nlisteners=PLAINTEXT://127.0.0.1:1111\n! another comment\nconnections.max.idle.ms=5\n";
+        let env = |var: &str| match var {
+            "ODRADEK_NODE_ID" => Some("8".to_string()),
+            "ODRADEK_LOG_DIRS" => Some("/from/env".to_string()),
+            "ODRADEK_SOCKET_REQUEST_MAX_BYTES" => Some("2048".to_string()),
+            _ => None,
+        };
+        let args = ServerArgs {
+            node_id: Some("9".into()),
+            ..ServerArgs::default()
+        };
+        let (c, warnings) = resolve_ok(&args, &env, Some(file));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(c.node_id, 9, "flag beats env and file");
+        assert_eq!(c.log_dir, PathBuf::from("/from/env"), "env beats file");
+        assert_eq!(c.socket_request_max_bytes, 2048, "env beats default");
+        assert_eq!(c.connections_max_idle_ms, Some(5), "file beats default");
+        assert_eq!(c.listener.port, 1111);
+        assert_eq!(c.advertised, c.listener, "advertised defaults to listeners");
+        assert_eq!(c.max_connections, 10_000);
+    }
+
+    #[test]
+    fn advertised_listener_separate_from_bind_address() {
+        let args = ServerArgs {
+            listeners: Some("PLAINTEXT://0.0.0.0:9092".into()),
+            advertised_listeners: Some("PLAINTEXT://broker1.example:19092".into()),
+            ..ServerArgs::default()
+        };
+        let (c, _) = resolve_ok(&args, &no_env, None);
+        assert_eq!(c.listener.host, "0.0.0.0");
+        assert_eq!(
+            c.advertised,
+            Endpoint {
+                host: "broker1.example".into(),
+                port: 19092
+            }
+        );
+        let args = ServerArgs {
+            listeners: Some("PLAINTEXT://[::1]:0".into()),
+            ..ServerArgs::default()
+        };
+        let (c, _) = resolve_ok(&args, &no_env, None);
+        assert_eq!(c.listener.host, "::1");
+        assert_eq!(c.advertised.to_string(), "PLAINTEXT://[::1]:0");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_warned_about_and_ignored() {
+        let (c, warnings) = resolve_ok(
+            &ServerArgs::default(),
+            &no_env,
+            Some("num.network.threads=3\nnode.id=4\n"),
+        );
+        assert_eq!(c.node_id, 4);
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].contains("test.properties:1")
+                && warnings[0].contains("num.network.threads"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_key_the_value_and_the_source() {
+        let flag = |f: fn(&mut ServerArgs)| {
+            let mut a = ServerArgs::default();
+            f(&mut a);
+            a
+        };
+        let cases: Vec<(ServerArgs, &str)> = vec![
+            (flag(|a| a.node_id = Some("x".into())), "node.id"),
+            (flag(|a| a.node_id = Some("-1".into())), "node.id"),
+            (
+                flag(|a| a.listeners = Some("127.0.0.1:9092".into())),
+                "listeners",
+            ),
+            (
+                flag(|a| a.listeners = Some("SSL://127.0.0.1:9093".into())),
+                "listeners",
+            ),
+            (
+                flag(|a| a.listeners = Some("PLAINTEXT://127.0.0.1".into())),
+                "listeners",
+            ),
+            (
+                flag(|a| a.listeners = Some("PLAINTEXT://127.0.0.1:70000".into())),
+                "listeners",
+            ),
+            (
+                flag(|a| a.listeners = Some("PLAINTEXT://::1:9092".into())),
+                "listeners",
+            ),
+            (
+                flag(|a| {
+                    a.listeners =
+                        Some("PLAINTEXT://127.0.0.1:9092,PLAINTEXT://127.0.0.1:9093".into())
+                }),
+                "listeners",
+            ),
+            // Defaulting advertised.listeners to a wildcard bind address.
+            (
+                flag(|a| a.listeners = Some("PLAINTEXT://0.0.0.0:9092".into())),
+                "listeners",
+            ),
+            (
+                flag(|a| a.advertised_listeners = Some("PLAINTEXT://:9092".into())),
+                "advertised.listeners",
+            ),
+            (flag(|a| a.log_dirs = Some("".into())), "log.dirs"),
+            (flag(|a| a.log_dirs = Some("/a,/b".into())), "log.dirs"),
+            (
+                flag(|a| a.socket_request_max_bytes = Some("0".into())),
+                "socket.request.max.bytes",
+            ),
+            (
+                flag(|a| a.socket_request_max_bytes = Some("2147483648".into())),
+                "socket.request.max.bytes",
+            ),
+            (
+                flag(|a| a.connections_max_idle_ms = Some("0".into())),
+                "connections.max.idle.ms",
+            ),
+            (
+                flag(|a| a.connections_max_idle_ms = Some("10s".into())),
+                "connections.max.idle.ms",
+            ),
+            (
+                flag(|a| a.max_connections = Some("0".into())),
+                "max.connections",
+            ),
+        ];
+        for (args, key) in cases {
+            let e = resolve_err(&args, &no_env, None);
+            assert!(
+                e.contains(key) && e.contains("(from flag --"),
+                "{args:?}: {e}"
+            );
+        }
+        let env = |var: &str| (var == "ODRADEK_NODE_ID").then(|| "one".to_string());
+        let e = resolve_err(&ServerArgs::default(), &env, None);
+        assert!(
+            e.contains("\"one\"") && e.contains("environment variable ODRADEK_NODE_ID"),
+            "{e}"
+        );
+        let e = resolve_err(&ServerArgs::default(), &no_env, Some("\nnode.id=abc\n"));
+        assert!(
+            e.contains("test.properties:2") && e.contains("node.id"),
+            "{e}"
+        );
+        let e = resolve_err(&ServerArgs::default(), &no_env, Some("node.id 3\n"));
+        assert!(
+            e.contains("test.properties:1") && e.contains("key=value"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn negative_idle_disables_the_timeout() {
+        let args = ServerArgs {
+            connections_max_idle_ms: Some("-1".into()),
+            ..ServerArgs::default()
+        };
+        assert_eq!(
+            resolve_ok(&args, &no_env, None).0.connections_max_idle_ms,
+            None
+        );
+    }
+
+    #[test]
+    fn env_var_names() {
+        assert_eq!(env_var_name("listeners"), "ODRADEK_LISTENERS");
+        assert_eq!(
+            env_var_name("advertised.listeners"),
+            "ODRADEK_ADVERTISED_LISTENERS"
+        );
+        assert_eq!(
+            env_var_name("connections.max.idle.ms"),
+            "ODRADEK_CONNECTIONS_MAX_IDLE_MS"
+        );
+    }
+
+    #[test]
+    fn listen_address_resolution() {
+        let e = |host: &str| Endpoint {
+            host: host.into(),
+            port: 5,
+        };
+        assert_eq!(
+            resolve_listen_addr(&e("127.0.0.1")).unwrap(),
+            "127.0.0.1:5".parse().unwrap()
+        );
+        assert_eq!(
+            resolve_listen_addr(&e("")).unwrap(),
+            "0.0.0.0:5".parse().unwrap()
+        );
+        assert_eq!(
+            resolve_listen_addr(&e("::1")).unwrap(),
+            "[::1]:5".parse().unwrap()
+        );
+    }
+}
