@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Shows that the storage simulation has teeth: each patch in ci/mutations/
 # breaks recovery or durability on purpose (the way real storage engines
-# have broken), is applied to a scratch worktree, and the swarm is run over
-# the same seeds as the test suite. A mutation that no seed catches is a
-# hole in the simulator. Nothing here touches the working tree.
+# have broken), is applied to a scratch worktree, and the swarm runs over
+# seeds 0.. in chunks of 1000 until some seed catches it. A mutation that no
+# seed up to MAX_SEEDS catches is a hole in the simulator. Nothing here
+# touches the working tree.
 #
-#   ci/teeth.sh [SEEDS]        default SEEDS=1000
+#   ci/teeth.sh [MAX_SEEDS]     default MAX_SEEDS=20000
 set -euo pipefail
-seeds=${1:-1000}
+max_seeds=${1:-20000}
+chunk=1000
 root=$(git rev-parse --show-toplevel)
 cd "$root"
 export CARGO_TARGET_DIR="$root/target/teeth"
 jobs=$(nproc)
-printf '%-30s %-12s %-14s %s\n' mutation first-seed caught first-violation
+printf '%-30s %-12s %-16s %s\n' mutation first-seed caught/in first-violation
 for patch in ci/mutations/*.patch; do
   name=$(basename "$patch" .patch)
   work=$(mktemp -d)
@@ -23,16 +25,26 @@ for patch in ci/mutations/*.patch; do
     exit 1
   fi
   (cd "$work" && cargo build -q --release -p odradek)
-  out=$("$CARGO_TARGET_DIR/release/odradek" sim swarm --seeds "0..$seeds" --jobs "$jobs" 2>&1 || true)
   git worktree remove --force "$work"
-  # The sorted summary after the live lines: one line per failing seed.
-  summary=$(sed -n '/^failures, by seed:/,$p' <<<"$out" | grep 'FAIL seed=' || true)
-  failed=$(grep -c 'FAIL seed=' <<<"$summary" || true)
-  first=$(head -n 1 <<<"$summary" | sed -E 's/.*FAIL seed=([0-9]+).*/\1/')
-  violation=$(head -n 1 <<<"$summary" | sed -E 's/.*violation=([a-z-]+).*/\1/')
-  printf '%-30s %-12s %-14s %s\n' "$name" "${first:-none}" "$failed/$seeds" "${violation:-NOT CAUGHT}"
+  failed=0
+  first=""
+  violation=""
+  to=0
+  for ((from = 0; from < max_seeds; from += chunk)); do
+    to=$((from + chunk))
+    out=$("$CARGO_TARGET_DIR/release/odradek" sim swarm --seeds "$from..$to" --jobs "$jobs" 2>&1 || true)
+    # The sorted summary after the live lines: one line per failing seed.
+    summary=$(sed -n '/^failures, by seed:/,$p' <<<"$out" | grep 'FAIL seed=' || true)
+    failed=$(grep -c 'FAIL seed=' <<<"$summary" || true)
+    if [ "$failed" -gt 0 ]; then
+      first=$(head -n 1 <<<"$summary" | sed -E 's/.*FAIL seed=([0-9]+).*/\1/')
+      violation=$(head -n 1 <<<"$summary" | sed -E 's/.*violation=([a-z-]+).*/\1/')
+      break
+    fi
+  done
+  printf '%-30s %-12s %-16s %s\n' "$name" "${first:-none}" "$failed/$from..$to" "${violation:-NOT CAUGHT}"
   if [ "$failed" -eq 0 ]; then
-    echo "mutation $name survived $seeds seeds" >&2
+    echo "mutation $name survived $max_seeds seeds" >&2
     exit 1
   fi
 done

@@ -65,6 +65,10 @@ pub struct DiskFaults {
     /// A read returns data with one bit flipped (on the wire from the disk;
     /// reading again gives the right data).
     pub read_flip: f64,
+    /// Read flips land in the first 64 bytes of what is read: where a
+    /// record batch's header sits when a read starts at a batch. Aims the
+    /// flips at the fields that decide where data is, not what it says.
+    pub read_flip_head: bool,
     /// After a sync, one bit of the file's durable content rots for good.
     pub latent_rot: f64,
     /// A write lands at the wrong position in the file; the right position
@@ -118,8 +122,9 @@ impl fmt::Display for DiskFaults {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "read_flip={:.4} latent_rot={:.4} misdirect={:.4} no_space={:.4} sync_error={:.4} crash_keep={:.2} crash_tear={:.2} write_us={:?} sync_us={:?}",
+            "read_flip={:.4} head={} latent_rot={:.4} misdirect={:.4} no_space={:.4} sync_error={:.4} crash_keep={:.2} crash_tear={:.2} write_us={:?} sync_us={:?}",
             self.read_flip,
+            self.read_flip_head,
             self.latent_rot,
             self.misdirect,
             self.no_space,
@@ -206,6 +211,7 @@ impl Swarm {
             clock_jump_every_ms: maybe_every(rng, 1000, 10000),
             disk: DiskFaults {
                 read_flip: maybe_rate(rng, 1e-4, 2e-2),
+                read_flip_head: rng.chance(0.5),
                 latent_rot: maybe_rate(rng, 1e-4, 5e-3),
                 misdirect: maybe_rate(rng, 1e-4, 5e-3),
                 no_space: maybe_rate(rng, 1e-4, 2e-2),

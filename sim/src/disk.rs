@@ -339,7 +339,12 @@ impl DiskFile for SimFile {
             let n = buf.len().min(file.cached.len() - pos);
             buf[..n].copy_from_slice(&file.cached[pos..pos + n]);
             if n > 0 && st.rng.chance(flip) {
-                let bit = st.rng.below(n as u64 * 8) as usize;
+                let span = if st.faults.read_flip_head {
+                    n.min(64)
+                } else {
+                    n
+                };
+                let bit = st.rng.below(span as u64 * 8) as usize;
                 buf[bit / 8] ^= 1 << (bit % 8);
                 st.stats.read_flips += 1;
             }

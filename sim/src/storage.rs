@@ -222,7 +222,7 @@ pub fn run(opts: &RunOptions) -> RunReport {
         read: swarm_rng.between(5, 30),
         lookup: swarm_rng.between(0, 5),
         advance_start: swarm_rng.between(0, 2),
-        truncate: swarm_rng.between(0, 2),
+        truncate: swarm_rng.between(0, 6),
         retention: swarm_rng.between(0, 5),
         new_epoch: swarm_rng.between(0, 2),
     };
