@@ -610,7 +610,11 @@ impl<D: Disk> Log<D> {
                         agreed = Some(Ok(a));
                         break;
                     }
-                    (Err(e), _) | (_, Err(e)) => agreed = Some(Err(e)),
+                    // The reads already retried: an error stands.
+                    (Err(e), _) | (_, Err(e)) => {
+                        agreed = Some(Err(e));
+                        break;
+                    }
                     _ => {}
                 }
             }
@@ -1150,13 +1154,9 @@ impl<D: Disk> Log<D> {
             offset,
             detail: format!("segment {}: {stop}", seg.base_offset),
         };
-        let mut attempt = self.read_in_segment(seg, offset, max_bytes, upper, check_epochs);
-        for _ in 1..segment::READ_RETRIES {
-            if attempt.is_ok() {
-                break;
-            }
-            attempt = self.read_in_segment(seg, offset, max_bytes, upper, check_epochs);
-        }
+        let attempt = segment::retry_read(|| {
+            self.read_in_segment(seg, offset, max_bytes, upper, check_epochs)
+        });
         let Some((mut bytes, mut batches)) = attempt.map_err(corrupt)? else {
             return Ok(ReadResult::default());
         };

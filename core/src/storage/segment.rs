@@ -11,6 +11,22 @@ use crate::io::disk::{DiskError, DiskFile};
 /// rot on the platter is not.
 pub const READ_RETRIES: usize = 8;
 
+/// Runs one read-and-check `attempt` until it succeeds, at most
+/// [`READ_RETRIES`] times, returning the last failure otherwise. An I/O error
+/// is returned at once: the disk refusing says nothing a second try would
+/// change. Applied once, at the outermost point that checks what was read —
+/// retries nested inside retries multiply the reads a corrupt batch costs.
+pub fn retry_read<T>(mut attempt: impl FnMut() -> Result<T, ScanStop>) -> Result<T, ScanStop> {
+    let mut result = attempt();
+    for _ in 1..READ_RETRIES {
+        match result {
+            Ok(_) | Err(ScanStop::Io { .. }) => break,
+            Err(_) => result = attempt(),
+        }
+    }
+    result
+}
+
 /// The header bytes before this are not covered by the batch CRC.
 const CRC_COVERS_FROM: usize = 21;
 
@@ -297,45 +313,40 @@ impl<F: DiskFile> Segment<F> {
         Ok(())
     }
 
-    /// Reads `len` bytes at `pos`, validating the batches in them; repeats
-    /// the read if a checksum fails, so that a transient flip is not mistaken
-    /// for rot. Returns the bytes and the batches' headers; the bytes cover
-    /// whole batches only. `Err` only if the *first* batch stays invalid.
+    /// Reads `len` bytes at `pos` once, validating the batches in them.
+    /// Returns the bytes and the batches' headers; the bytes cover whole
+    /// batches only. `Err` only if the *first* batch is invalid; a later one
+    /// failing is left for the read that starts there. Callers retry with
+    /// [`retry_read`].
     pub fn read_batches(
         &self,
         pos: u64,
         len: usize,
     ) -> Result<(Vec<u8>, Vec<BatchHeader>), ScanStop> {
-        let mut last_err = None;
-        for _ in 0..READ_RETRIES {
-            let mut buf = self
-                .data
-                .read_exact_at(pos, len)
-                .map_err(|error| ScanStop::Io {
-                    position: pos,
-                    error,
-                })?;
-            let mut headers = Vec::new();
-            let mut good = 0usize;
-            let mut failed = None;
-            for b in batch::Batches::new(&buf) {
-                match b {
-                    Ok(b) => {
-                        headers.push(b.header);
-                        good = b.position + b.bytes.len();
-                    }
-                    Err(error) => {
-                        failed = Some(error);
-                        break;
-                    }
+        let mut buf = self
+            .data
+            .read_exact_at(pos, len)
+            .map_err(|error| ScanStop::Io {
+                position: pos,
+                error,
+            })?;
+        let mut headers = Vec::new();
+        let mut good = 0usize;
+        let mut failed = None;
+        for b in batch::Batches::new(&buf) {
+            match b {
+                Ok(b) => {
+                    headers.push(b.header);
+                    good = b.position + b.bytes.len();
+                }
+                Err(error) => {
+                    failed = Some(error);
+                    break;
                 }
             }
-            // A later batch failing is left for the read that starts there.
-            if !headers.is_empty() {
-                buf.truncate(good);
-                return Ok((buf, headers));
-            }
-            last_err = Some(ScanStop::Invalid {
+        }
+        if headers.is_empty() {
+            return Err(ScanStop::Invalid {
                 position: pos,
                 error: failed.unwrap_or(BatchError::Truncated {
                     have: len,
@@ -343,7 +354,8 @@ impl<F: DiskFile> Segment<F> {
                 }),
             });
         }
-        Err(last_err.expect("READ_RETRIES > 0"))
+        buf.truncate(good);
+        Ok((buf, headers))
     }
 
     /// Reads one batch header at `pos` without trusting it beyond its
@@ -369,7 +381,8 @@ impl<F: DiskFile> Segment<F> {
     /// The batch holding `offset` (the first whose last offset is at least
     /// `offset`), found from the index and a walk over headers. A header
     /// that makes no sense sends the walk back to the segment's start once,
-    /// in case the index entry was the thing that was wrong.
+    /// in case the index entry was the thing that was wrong. One attempt:
+    /// callers retry with [`retry_read`] around whatever also checks it.
     pub fn locate(&self, offset: i64) -> Result<Option<Located>, ScanStop> {
         if offset >= self.next_offset || self.size == 0 {
             return Ok(None);
@@ -383,14 +396,6 @@ impl<F: DiskFile> Segment<F> {
         if result.is_err() && start != 0 {
             result = self.walk(0, self.base_offset, offset);
         }
-        // A transient flip on the way from the disk deserves another look
-        // before the data is called corrupt.
-        for _ in 1..READ_RETRIES {
-            if result.is_ok() {
-                break;
-            }
-            result = self.walk(0, self.base_offset, offset);
-        }
         result
     }
 
@@ -399,31 +404,21 @@ impl<F: DiskFile> Segment<F> {
     /// speed and trusts unchecked bytes; a caller about to destroy data at
     /// the location (truncation) must not.
     pub fn locate_verified(&self, offset: i64) -> Result<Option<Located>, ScanStop> {
-        let mut last_err = None;
-        for _ in 0..READ_RETRIES {
-            let loc = match self.locate(offset) {
-                Ok(Some(loc)) => loc,
-                Ok(None) => return Ok(None),
-                Err(e) => {
-                    last_err = Some(e);
-                    continue;
-                }
+        retry_read(|| {
+            let Some(loc) = self.locate(offset)? else {
+                return Ok(None);
             };
-            match self.read_batches(loc.position, loc.header.total_size()) {
-                Ok((_, headers)) if headers.len() == 1 && headers[0] == loc.header => {
-                    return Ok(Some(loc))
-                }
-                Ok(_) => {
-                    last_err = Some(ScanStop::OutOfOrder {
-                        position: loc.position,
-                        base_offset: loc.header.base_offset,
-                        expected_at_least: offset,
-                    })
-                }
-                Err(e) => last_err = Some(e),
+            let (_, headers) = self.read_batches(loc.position, loc.header.total_size())?;
+            if headers.len() == 1 && headers[0] == loc.header {
+                Ok(Some(loc))
+            } else {
+                Err(ScanStop::OutOfOrder {
+                    position: loc.position,
+                    base_offset: loc.header.base_offset,
+                    expected_at_least: offset,
+                })
             }
-        }
-        Err(last_err.expect("READ_RETRIES > 0"))
+        })
     }
 
     /// Walks headers from `pos`, where a batch starting at `expected`
@@ -490,14 +485,7 @@ impl<F: DiskFile> Segment<F> {
         let mut batches = 0u64;
         let mut expected = min_next.max(self.base_offset);
         while pos < file_len {
-            let mut attempt = self.batch_at(pos, file_len, expected);
-            for _ in 1..READ_RETRIES {
-                if attempt.is_ok() {
-                    break;
-                }
-                attempt = self.batch_at(pos, file_len, expected);
-            }
-            let (h, bytes) = match attempt {
+            let (h, bytes) = match retry_read(|| self.batch_at(pos, file_len, expected)) {
                 Ok(found) => found,
                 Err(stop) => return (batches, Some(stop)),
             };
