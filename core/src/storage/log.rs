@@ -938,6 +938,15 @@ impl<D: Disk> Log<D> {
 
     fn truncate_inner(&mut self, offset: i64) -> Result<i64, DiskError> {
         let interval = self.config.index_interval_bytes;
+        // The recovery point goes down, durably, before anything is
+        // destroyed. File truncations and directory removals reach the
+        // platter independently; a crash part-way can leave any mix of
+        // them, and recovery must rescan that region rather than trust it
+        // on the word of a checkpoint written before the truncation.
+        if self.recovery_point > offset || self.checkpointed.recovery_point > offset {
+            self.recovery_point = self.recovery_point.min(offset);
+            self.write_checkpoint()?;
+        }
         // Segments starting at or after the target go whole, newest first,
         // so that a crash part-way leaves a prefix of the old log. The first
         // segment always stays (offset >= log start >= its base).
