@@ -1019,14 +1019,14 @@ fn bad_requests_close_the_connection_with_a_reason() {
             r[0..2].copy_from_slice(&9999i16.to_be_bytes());
             r
         }),
-        ("api not handled", {
-            let mut r = ok.clone();
-            r[0..2].copy_from_slice(&(ApiKey::JoinGroup as i16).to_be_bytes());
+        ("a version no Kafka has", {
+            let mut r = request(ApiKey::Metadata, 12, 1, &MetadataRequest::default());
+            r[2..4].copy_from_slice(&99i16.to_be_bytes());
             r
         }),
-        ("metadata version too new", {
-            let mut r = request(ApiKey::Metadata, 12, 1, &MetadataRequest::default());
-            r[2..4].copy_from_slice(&14i16.to_be_bytes());
+        ("unsupported api without a top-level error code", {
+            let mut r = ok.clone();
+            r[0..2].copy_from_slice(&(ApiKey::OffsetCommit as i16).to_be_bytes());
             r
         }),
         ("truncated body", ok[..ok.len() - 1].to_vec()),
@@ -1046,6 +1046,44 @@ fn bad_requests_close_the_connection_with_a_reason() {
         h.broker.handle_frame(C, &ok, &h.clock),
         FrameOutcome::Respond(_)
     ));
+}
+
+#[test]
+fn unsupported_apis_and_versions_get_unsupported_version() {
+    let mut h = Harness::new();
+    // An API this broker does not handle yet, at a version clients use.
+    let frame = request(
+        ApiKey::FindCoordinator,
+        3,
+        11,
+        &FindCoordinatorRequest::default(),
+    );
+    let (cid, resp): (i32, FindCoordinatorResponse) = response(
+        ApiKey::FindCoordinator,
+        3,
+        h.broker.handle_frame(C, &frame, &h.clock),
+    );
+    assert_eq!((cid, resp.error_code), (11, error::UNSUPPORTED_VERSION));
+    // A handled API at a newer version than advertised.
+    let frame = request(ApiKey::Metadata, 13, 12, &MetadataRequest::default());
+    let (_, resp): (i32, MetadataResponse) = response(
+        ApiKey::Metadata,
+        13,
+        h.broker.handle_frame(C, &frame, &h.clock),
+    );
+    assert_eq!(resp.error_code, error::UNSUPPORTED_VERSION);
+    let frame = request(
+        ApiKey::InitProducerId,
+        4,
+        13,
+        &InitProducerIdRequest::default(),
+    );
+    let (_, resp): (i32, InitProducerIdResponse) = response(
+        ApiKey::InitProducerId,
+        4,
+        h.broker.handle_frame(C, &frame, &h.clock),
+    );
+    assert_eq!(resp.error_code, error::UNSUPPORTED_VERSION);
 }
 
 proptest! {
