@@ -379,13 +379,12 @@ proptest! {
 
     /// A stream cut short never decodes to the whole of what was sent.
     #[test]
-    fn prop_truncated_streams_lose_no_silently(
-        codec in arb_codec(),
+    fn prop_truncated_streams_never_pass_for_whole(
+        codec in prop::sample::select(ALL[1..].to_vec()),
         java in any::<bool>(),
         input in proptest::collection::vec(any::<u8>(), 1..3000),
         cut in any::<prop::sample::Index>(),
     ) {
-        prop_assume!(codec != Compression::None);
         let packed = if java && codec == Compression::Snappy {
             compress_snappy_java(&input)
         } else {
