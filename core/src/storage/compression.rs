@@ -21,7 +21,7 @@
 //! Crates, all pure Rust, so core needs no C toolchain and builds quickly:
 //! `flate2` on its default miniz_oxide backend; `snap` (raw blocks; the
 //! xerial framing is ours, it is a few lines); `lz4_flex` for LZ4 blocks and
-//! for writing frames (reading frames is ours, see [`lz4_frames`] for why)
+//! for writing frames (reading frames is ours, see `lz4_frames` for why)
 //! with `twox-hash` for the frame checksums; `ruzstd` rather than the `zstd` bindings,
 //! which compile the C library through `cc` on every clean build. ruzstd
 //! compresses only at roughly zstd's level 1, which is enough for tests,
@@ -523,7 +523,7 @@ fn lz4_block(
 /// whenever the limit is small: the Java client (zstd-jni, streaming, level
 /// 3) declares a 2 MiB window however little it compresses, and levels up to
 /// 18 stay within 8 MiB.
-const ZSTD_WINDOW_ALLOWANCE: u64 = 8 << 20;
+pub const ZSTD_WINDOW_ALLOWANCE: u64 = 8 << 20;
 
 /// The largest window decompression accepts for a given output limit: the
 /// limit itself, at least [`ZSTD_WINDOW_ALLOWANCE`], and at most what the
