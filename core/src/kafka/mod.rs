@@ -124,6 +124,10 @@ pub struct BrokerConfig {
     pub auto_create_topics: bool,
     /// `log.retention.check.interval.ms`
     pub retention_check_interval_ms: u64,
+    /// `fetch.max.bytes`: the most a fetch response carries, whatever the
+    /// client asks for (it may ask for 2 GiB), beyond the one batch a
+    /// consumer is always given.
+    pub fetch_max_bytes: usize,
     /// Settings the operator made, by Kafka name: topic configs default to
     /// these (`log.retention.ms` for `retention.ms`, …), and DescribeConfigs
     /// on the broker reports them.
@@ -144,6 +148,7 @@ impl BrokerConfig {
             default_replication_factor: 1,
             auto_create_topics: true,
             retention_check_interval_ms: 300_000,
+            fetch_max_bytes: 57_671_680,
             settings: BTreeMap::new(),
         }
     }
