@@ -276,13 +276,20 @@ impl<D: Disk + Clone> Broker<D> {
         disk.create_dir_all(&dir)
             .map_err(|e| format!("cannot create data directory {dir}: {e}"))?;
         let meta = match MetaState::load(&disk, &dir)? {
-            Some(m) => {
+            Some(mut m) => {
                 if m.cluster_id != config.cluster_id {
                     return Err(format!(
                         "data directory {dir} belongs to cluster {:?}, but this broker is configured for cluster {:?}",
                         m.cluster_id, config.cluster_id
                     ));
                 }
+                // What was read may be only in the page cache: a store whose
+                // directory sync failed before a process restart left it
+                // there, and the next power loss would take it back. Writing
+                // it again (synced, renamed, directory synced) is the only
+                // way to make it durable before anything relies on it.
+                m.store(&disk, &dir)
+                    .map_err(|e| format!("cannot rewrite topic metadata in {dir}: {e}"))?;
                 m
             }
             None => {
