@@ -73,11 +73,12 @@ impl<D: Disk + Clone> Broker<D> {
 
     fn read_fetch(&self, ctx: &Ctx, req: &FetchRequest) -> FetchResult {
         let by_id = ctx.version >= 13;
-        let mut remaining = if req.max_bytes > 0 {
+        let asked = if req.max_bytes > 0 {
             req.max_bytes as usize
         } else {
             usize::MAX
         };
+        let mut remaining = asked.min(self.config.fetch_max_bytes);
         let read_committed = req.isolation_level == 1;
         let mut out = FetchResult {
             response: FetchResponse::default().with_session_id(0),

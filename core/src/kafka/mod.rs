@@ -33,6 +33,7 @@ mod fetch;
 pub mod meta;
 mod offsets;
 mod produce;
+mod producers;
 
 use std::collections::BTreeMap;
 
@@ -93,6 +94,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::AlterConfigs, 0, 2),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::InitProducerId, 0, 5),
     (ApiKey::DescribeCluster, 0, 1),
 ];
 
@@ -122,6 +124,10 @@ pub struct BrokerConfig {
     pub auto_create_topics: bool,
     /// `log.retention.check.interval.ms`
     pub retention_check_interval_ms: u64,
+    /// `fetch.max.bytes`: the most a fetch response carries, whatever the
+    /// client asks for (it may ask for 2 GiB), beyond the one batch a
+    /// consumer is always given.
+    pub fetch_max_bytes: usize,
     /// Settings the operator made, by Kafka name: topic configs default to
     /// these (`log.retention.ms` for `retention.ms`, …), and DescribeConfigs
     /// on the broker reports them.
@@ -142,6 +148,7 @@ impl BrokerConfig {
             default_replication_factor: 1,
             auto_create_topics: true,
             retention_check_interval_ms: 300_000,
+            fetch_max_bytes: 57_671_680,
             settings: BTreeMap::new(),
         }
     }
@@ -178,6 +185,7 @@ pub(crate) struct Partition<D: Disk> {
     /// offline log directory does.
     pub log: Option<Log<D>>,
     pub problem: Option<String>,
+    pub producers: producers::ProducerStates,
 }
 
 impl<D: Disk> Partition<D> {
@@ -278,7 +286,7 @@ impl<D: Disk + Clone> Broker<D> {
                 m
             }
             None => {
-                let m = MetaState {
+                let mut m = MetaState {
                     cluster_id: config.cluster_id.clone(),
                     ..MetaState::default()
                 };
@@ -357,12 +365,14 @@ impl<D: Disk + Clone> Broker<D> {
             self.log_buggify(topic, p),
         ) {
             Ok(log) => Partition {
+                producers: producers::ProducerStates::rebuild(&log),
                 log: Some(log),
                 problem: None,
             },
             Err(e) => Partition {
                 log: None,
                 problem: Some(format!("{dir}: {e}")),
+                producers: producers::ProducerStates::default(),
             },
         }
     }
@@ -513,6 +523,11 @@ impl<D: Disk + Clone> Broker<D> {
             ApiKey::IncrementalAlterConfigs => {
                 let req = decode!(IncrementalAlterConfigsRequest);
                 let resp = self.incremental_alter_configs(&req);
+                ctx.respond(&resp)
+            }
+            ApiKey::InitProducerId => {
+                let req = decode!(InitProducerIdRequest);
+                let resp = self.init_producer_id(&req);
                 ctx.respond(&resp)
             }
             ApiKey::DescribeCluster => {
@@ -695,7 +710,6 @@ fn unsupported(
         OffsetFetch => OffsetFetchResponse,
         OffsetDelete => OffsetDeleteResponse,
         ConsumerGroupHeartbeat => ConsumerGroupHeartbeatResponse,
-        InitProducerId => InitProducerIdResponse,
         AddPartitionsToTxn => AddPartitionsToTxnResponse,
         AddOffsetsToTxn => AddOffsetsToTxnResponse,
         EndTxn => EndTxnResponse,

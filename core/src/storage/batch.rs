@@ -316,6 +316,16 @@ pub fn set_log_append_time(batch: &mut [u8], timestamp: i64) {
     batch[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
+/// Overwrites a CreateTime batch's max timestamp with the one its records
+/// carry, as Kafka's validator does for a producer that got it wrong (the
+/// time index is built from it). Covered bytes change: the CRC is
+/// recomputed.
+pub fn set_max_timestamp(batch: &mut [u8], timestamp: i64) {
+    batch[MAX_TIMESTAMP_OFFSET..MAX_TIMESTAMP_OFFSET + 8].copy_from_slice(&timestamp.to_be_bytes());
+    let crc = compute_crc(batch);
+    batch[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// Walks a buffer of concatenated batches, validating each. Stops at the
 /// first batch that is incomplete (a fetch may end in a partial batch) and
 /// yields an error for the first invalid one.
