@@ -9,6 +9,13 @@
 //! whole round — and only then do the acks=-1 answers leave. It sleeps
 //! until the next request or the broker's next deadline (a long-poll fetch
 //! expiring, retention).
+//!
+//! [`spawn_local`] runs the same rounds as a task on the caller's tokio
+//! runtime instead, on tokio's time ([`TokioClock`]). The turmoil tests use
+//! it: a thread answering on its own schedule and its own clock would make
+//! the simulated network's runs differ from one another, whereas a task on
+//! the simulation's runtime is stepped by the simulation like everything
+//! else.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +65,40 @@ impl Clock for SystemClock {
     }
 }
 
+/// Tokio's clock: monotonic time since the clock was made, and a wall clock
+/// that starts at a given time and moves with it. On a runtime whose time is
+/// paused (a simulation's), both are exactly what the simulation says, so a
+/// broker stepped by [`spawn_local`] keeps its deadlines (long polls,
+/// retention) in the same time as the network around it.
+#[derive(Clone, Copy, Debug)]
+pub struct TokioClock {
+    origin: tokio::time::Instant,
+    wall_origin_ms: i64,
+}
+
+impl TokioClock {
+    /// Must be called inside a tokio runtime with time enabled.
+    pub fn new(wall_origin_ms: i64) -> TokioClock {
+        TokioClock {
+            origin: tokio::time::Instant::now(),
+            wall_origin_ms,
+        }
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> Instant {
+        // As SystemClock: Instant::ZERO stays free to mean "due at once".
+        let nanos = self.origin.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+        Instant(nanos.saturating_add(1_000_000))
+    }
+
+    fn wall_ms(&self) -> i64 {
+        let elapsed = self.origin.elapsed().as_millis().min(i64::MAX as u128) as i64;
+        self.wall_origin_ms.saturating_add(elapsed)
+    }
+}
+
 enum Command {
     Request {
         conn: ConnId,
@@ -67,11 +108,28 @@ enum Command {
     Closed(ConnId),
 }
 
+/// The way into whichever driver owns the broker.
+#[derive(Clone)]
+enum Commands {
+    Thread(mpsc::Sender<Command>),
+    Task(tokio::sync::mpsc::UnboundedSender<Command>),
+}
+
+impl Commands {
+    /// Fails only if the driver is gone.
+    fn send(&self, cmd: Command) -> Result<(), ()> {
+        match self {
+            Commands::Thread(tx) => tx.send(cmd).map_err(|_| ()),
+            Commands::Task(tx) => tx.send(cmd).map_err(|_| ()),
+        }
+    }
+}
+
 /// A connection's way to the broker thread. Cheap to clone; when the last
 /// clone is dropped the thread shuts the broker down cleanly and ends.
 #[derive(Clone)]
 pub struct BrokerHandle {
-    tx: mpsc::Sender<Command>,
+    tx: Commands,
     next_conn: std::sync::Arc<AtomicU64>,
 }
 
@@ -129,13 +187,10 @@ where
         .name("odradek-broker".into())
         .spawn(move || {
             let _signal = EndSignal(Some(end_tx));
-            run(broker, clock, rx)
+            run_thread(Driver::new(broker, clock), rx)
         })?;
     Ok((
-        BrokerHandle {
-            tx,
-            next_conn: std::sync::Arc::new(AtomicU64::new(1)),
-        },
+        BrokerHandle::new(Commands::Thread(tx)),
         BrokerThread {
             join,
             ended: Some(end_rx),
@@ -143,7 +198,31 @@ where
     ))
 }
 
+/// Runs the broker as a task on the current [`tokio::task::LocalSet`]
+/// (the disk need not be `Send`), stepping it exactly as the thread does.
+/// Its disk calls block the runtime: this is for simulations and tests on a
+/// current-thread runtime, not for serving real clients. The task ends, with
+/// the clean shutdown's result, when the last handle is dropped.
+pub fn spawn_local<D>(
+    broker: Broker<D>,
+    clock: TokioClock,
+) -> (BrokerHandle, tokio::task::JoinHandle<Result<(), String>>)
+where
+    D: Disk + Clone + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::task::spawn_local(run_task(Driver::new(broker, clock), rx));
+    (BrokerHandle::new(Commands::Task(tx)), task)
+}
+
 impl BrokerHandle {
+    fn new(tx: Commands) -> BrokerHandle {
+        BrokerHandle {
+            tx,
+            next_conn: std::sync::Arc::new(AtomicU64::new(1)),
+        }
+    }
+
     pub fn new_connection(&self) -> ConnId {
         ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed))
     }
@@ -170,48 +249,106 @@ impl BrokerHandle {
     }
 }
 
-fn run<D: Disk + Clone>(
-    mut broker: Broker<D>,
-    clock: SystemClock,
-    rx: mpsc::Receiver<Command>,
-) -> Result<(), String> {
-    let mut waiting: BTreeMap<ConnId, oneshot::Sender<FrameOutcome>> = BTreeMap::new();
-    loop {
-        let wait = match broker.next_deadline() {
-            Some(at) => Duration::from_nanos(at.saturating_nanos_since(clock.now())),
+/// The broker and the requests it has deferred: what both drivers share.
+/// A driver waits for a command or [`Driver::wait`], hands it and every
+/// command already queued to [`Driver::handle`], then calls
+/// [`Driver::poll`] once (the round that group commit needs).
+struct Driver<D: Disk + Clone, C: Clock> {
+    broker: Broker<D>,
+    clock: C,
+    waiting: BTreeMap<ConnId, oneshot::Sender<FrameOutcome>>,
+}
+
+impl<D: Disk + Clone, C: Clock> Driver<D, C> {
+    fn new(broker: Broker<D>, clock: C) -> Driver<D, C> {
+        Driver {
+            broker,
+            clock,
+            waiting: BTreeMap::new(),
+        }
+    }
+
+    /// How long the broker can wait for a request before it has work of its
+    /// own.
+    fn wait(&self) -> Duration {
+        match self.broker.next_deadline() {
+            Some(at) => Duration::from_nanos(at.saturating_nanos_since(self.clock.now())),
             None => Duration::from_secs(3600),
-        };
-        let first = match rx.recv_timeout(wait) {
-            Ok(cmd) => Some(cmd),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        let mut next = first;
-        while let Some(cmd) = next {
-            match cmd {
-                Command::Request { conn, frame, reply } => {
-                    match broker.handle_frame(conn, &frame, &clock) {
-                        FrameOutcome::Pending => {
-                            waiting.insert(conn, reply);
-                        }
-                        // A requester that went away no longer wants it.
-                        outcome => {
-                            let _ = reply.send(outcome);
-                        }
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Request { conn, frame, reply } => {
+                match self.broker.handle_frame(conn, &frame, &self.clock) {
+                    FrameOutcome::Pending => {
+                        self.waiting.insert(conn, reply);
+                    }
+                    // A requester that went away no longer wants it.
+                    outcome => {
+                        let _ = reply.send(outcome);
                     }
                 }
-                Command::Closed(conn) => {
-                    waiting.remove(&conn);
-                    broker.connection_closed(conn);
-                }
             }
-            next = rx.try_recv().ok();
+            Command::Closed(conn) => {
+                self.waiting.remove(&conn);
+                self.broker.connection_closed(conn);
+            }
         }
-        for done in broker.poll(&clock) {
-            if let Some(reply) = waiting.remove(&done.conn) {
+    }
+
+    fn poll(&mut self) {
+        for done in self.broker.poll(&self.clock) {
+            if let Some(reply) = self.waiting.remove(&done.conn) {
                 let _ = reply.send(done.outcome);
             }
         }
     }
-    broker.shutdown()
+
+    fn shutdown(self) -> Result<(), String> {
+        self.broker.shutdown()
+    }
+}
+
+fn run_thread<D: Disk + Clone>(
+    mut driver: Driver<D, SystemClock>,
+    rx: mpsc::Receiver<Command>,
+) -> Result<(), String> {
+    loop {
+        let mut next = match rx.recv_timeout(driver.wait()) {
+            Ok(cmd) => Some(cmd),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        while let Some(cmd) = next {
+            driver.handle(cmd);
+            next = rx.try_recv().ok();
+        }
+        driver.poll();
+    }
+    driver.shutdown()
+}
+
+async fn run_task<D: Disk + Clone>(
+    mut driver: Driver<D, TokioClock>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Command>,
+) -> Result<(), String> {
+    loop {
+        // Biased: an unbiased select draws from the runtime's random
+        // numbers, which a simulation does not control.
+        let mut next = tokio::select! {
+            biased;
+            cmd = rx.recv() => match cmd {
+                Some(cmd) => Some(cmd),
+                None => break,
+            },
+            _ = tokio::time::sleep(driver.wait()) => None,
+        };
+        while let Some(cmd) = next {
+            driver.handle(cmd);
+            next = rx.try_recv().ok();
+        }
+        driver.poll();
+    }
+    driver.shutdown()
 }

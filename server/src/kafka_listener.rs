@@ -34,6 +34,7 @@
 //! handling, writes the response, and closes; requests not yet fully read are
 //! dropped, which the client sees as a broken connection and retries.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,7 +42,7 @@ use std::time::Duration;
 
 use odradek_core::kafka::FrameOutcome;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
@@ -123,87 +124,120 @@ impl KafkaListener {
     pub async fn serve(
         self,
         broker: BrokerHandle,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
     ) -> io::Result<()> {
         let KafkaListener { listener, config } = self;
-        let config = Arc::new(config);
-        let permits = Arc::new(Semaphore::new(config.max_connections));
-        let mut connections = JoinSet::new();
-        let mut failure = None;
-        loop {
-            tokio::select! {
-                biased;
-                _ = stopped(&mut shutdown) => break,
-                Some(joined) = connections.join_next(), if !connections.is_empty() => {
-                    if let Err(e) = check_joined(joined) {
-                        failure = Some(e);
-                        break;
-                    }
+        serve_on(listener, config, broker, shutdown).await
+    }
+}
+
+/// Where connections come from: tokio's TCP listener in production, a
+/// simulated network's listener in the turmoil tests, so that both run the
+/// same accept loop ([`serve_on`]).
+pub trait Acceptor {
+    type Stream: AsyncRead + AsyncWrite + Send + 'static;
+
+    /// The next connection and its peer's address.
+    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>>;
+}
+
+impl Acceptor for TcpListener {
+    type Stream = TcpStream;
+
+    async fn accept(&mut self) -> io::Result<(TcpStream, SocketAddr)> {
+        let (stream, peer) = TcpListener::accept(self).await?;
+        // Responses are coalesced by hand (see `complete_frame_buffered`),
+        // so Nagle's delay would only add latency to the last one.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
+        Ok((stream, peer))
+    }
+}
+
+/// The accept loop of [`KafkaListener::serve`], over any [`Acceptor`]. The
+/// acceptor is dropped when shutdown is signalled.
+pub async fn serve_on<A: Acceptor>(
+    mut acceptor: A,
+    config: ListenerConfig,
+    broker: BrokerHandle,
+    mut shutdown: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let config = Arc::new(config);
+    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let mut connections = JoinSet::new();
+    let mut failure = None;
+    loop {
+        tokio::select! {
+            biased;
+            _ = stopped(&mut shutdown) => break,
+            Some(joined) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(e) = check_joined(joined) {
+                    failure = Some(e);
+                    break;
                 }
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => match permits.clone().try_acquire_owned() {
-                        Ok(permit) => {
-                            tracing::debug!(%peer, "accepted connection");
-                            // Responses are coalesced by hand (see
-                            // `complete_frame_buffered`), so Nagle's delay
-                            // would only add latency to the last one.
-                            if let Err(e) = stream.set_nodelay(true) {
-                                tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
-                            }
-                            connections.spawn(serve_connection(
-                                stream,
-                                peer,
-                                broker.clone(),
-                                config.clone(),
-                                shutdown.clone(),
-                                permit,
-                            ));
-                        }
-                        Err(_) => {
-                            tracing::warn!(
-                                %peer,
-                                max_connections = config.max_connections,
-                                "too many connections; closing the new one"
-                            );
-                            drop(stream);
-                        }
-                    },
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::select! {
-                            _ = stopped(&mut shutdown) => break,
-                            _ = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
-                        }
+            }
+            accepted = acceptor.accept() => match accepted {
+                Ok((stream, peer)) => match permits.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        tracing::debug!(%peer, "accepted connection");
+                        connections.spawn(serve_connection(
+                            stream,
+                            peer,
+                            broker.clone(),
+                            config.clone(),
+                            shutdown.clone(),
+                            permit,
+                        ));
+                    }
+                    Err(_) => {
+                        tracing::warn!(
+                            %peer,
+                            max_connections = config.max_connections,
+                            "too many connections; closing the new one"
+                        );
+                        drop(stream);
                     }
                 },
-            }
-        }
-        // Closing the socket now makes new connects fail at once instead of
-        // queueing in the backlog while the connections drain.
-        drop(listener);
-        if failure.is_some() {
-            connections.abort_all();
-        }
-        let drained = tokio::time::timeout(config.shutdown_grace, async {
-            while let Some(joined) = connections.join_next().await {
-                if let Err(e) = check_joined(joined) {
-                    failure.get_or_insert(e);
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    // Biased like every select here: an unbiased one draws
+                    // from the runtime's random numbers, which the turmoil
+                    // tests' seed does not reach.
+                    tokio::select! {
+                        biased;
+                        _ = stopped(&mut shutdown) => break,
+                        _ = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
+                    }
                 }
+            },
+        }
+    }
+    // Closing the socket now makes new connects fail at once instead of
+    // queueing in the backlog while the connections drain.
+    drop(acceptor);
+    if failure.is_some() {
+        connections.abort_all();
+    }
+    let drained = tokio::time::timeout(config.shutdown_grace, async {
+        while let Some(joined) = connections.join_next().await {
+            if let Err(e) = check_joined(joined) {
+                failure.get_or_insert(e);
             }
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                remaining = connections.len(),
-                grace_ms = config.shutdown_grace.as_millis() as u64,
-                "connections still open after the shutdown grace period; abandoning them"
-            );
-            connections.shutdown().await;
         }
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            remaining = connections.len(),
+            grace_ms = config.shutdown_grace.as_millis() as u64,
+            "connections still open after the shutdown grace period; abandoning them"
+        );
+        connections.shutdown().await;
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
 }
 
