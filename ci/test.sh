@@ -18,7 +18,7 @@ cargo fmt --all -- --check
 step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "tests (unit, property, simulation: 1000 storage and 200 broker seeds, each run twice for determinism)"
+step "tests (unit, property, simulation: 1000 storage and 300 broker seeds, each run twice for determinism)"
 cargo test --workspace --locked
 
 step "simulator smoke through the odradek command"

@@ -54,7 +54,6 @@ use crate::net::SimNetwork;
 use crate::rng::{self, Stream};
 use crate::trace::Trace;
 use crate::{FaultKind, RunOptions, RunReport, Workload};
-use odradek_core::buggify::Buggify;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::delete_records_request::{
@@ -66,19 +65,22 @@ use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreateTopicsRequest,
-    CreateTopicsResponse, DeleteRecordsRequest, DeleteRecordsResponse, FetchRequest,
-    FetchResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
-    ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    CreateTopicsResponse, DeleteRecordsRequest, DeleteRecordsResponse, FetchRequest, FetchResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
+    ProduceResponse, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use odradek_core::buggify::Buggify;
 use odradek_core::io::clock::ManualClock;
 use odradek_core::io::{Address, Envelope, Instant, Random, TimerQueue};
+use odradek_core::kafka::meta::META_FILE;
 use odradek_core::kafka::{Broker, BrokerConfig, ConnId, FrameOutcome};
 use odradek_core::storage::batch::{self, BatchBuilder, Batches, TimestampType};
 use odradek_core::storage::segment::parse_data_name;
 use odradek_nemesis::{Fault, NetFaults, Schedule, Swarm};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
 
 const NODE: i32 = 1;
 const MS: u64 = 1_000_000;
@@ -326,6 +328,7 @@ enum Event {
     ClientReset(usize, u64),
     Net,
     BrokerWork,
+    BrokerPoll,
     Fault(usize),
     Restart,
     OperatorRestart,
@@ -377,8 +380,9 @@ struct Run {
     no_buggify: bool,
     queue: TimerQueue<Event>,
     busy_until: u64,
-    /// Times at which a `BrokerWork` is already queued.
+    /// Times at which a `BrokerWork` or a `BrokerPoll` is already queued.
     work_at: BTreeSet<u64>,
+    poll_at: BTreeSet<u64>,
     wall_offset_ms: i64,
     faults_on: bool,
     phase: Phase,
@@ -496,7 +500,7 @@ pub fn run(opts: &RunOptions) -> RunReport {
         c.acks = match swarm_rng.below(4) {
             0 if i > 0 => Some(0),
             1 if i > 0 => Some(1),
-            0 | 1 | 2 => Some(-1),
+            0..=2 => Some(-1),
             _ => None,
         };
         clients.push(c);
@@ -548,6 +552,7 @@ pub fn run(opts: &RunOptions) -> RunReport {
         queue: TimerQueue::new(),
         busy_until: 0,
         work_at: BTreeSet::new(),
+        poll_at: BTreeSet::new(),
         wall_offset_ms: 0,
         faults_on: true,
         phase: Phase::Safety,
@@ -741,7 +746,13 @@ impl Run {
             .clients
             .iter()
             .enumerate()
-            .map(|(i, c)| format!("c{i}:{:?}{}", c.role, c.acks.map_or(String::new(), |a| format!("(acks={a})"))))
+            .map(|(i, c)| {
+                format!(
+                    "c{i}:{:?}{}",
+                    c.role,
+                    c.acks.map_or(String::new(), |a| format!("(acks={a})"))
+                )
+            })
             .collect();
         trace!(
             self,
@@ -775,10 +786,17 @@ impl Run {
             }
             // The broker works on one thing at a time and waits for its
             // disk; everything else happens when it happens.
-            if matches!(ev, Event::BrokerWork) {
-                self.work_at.remove(&at);
+            if matches!(ev, Event::BrokerWork | Event::BrokerPoll) {
+                let queued = match ev {
+                    Event::BrokerWork => &mut self.work_at,
+                    _ => &mut self.poll_at,
+                };
+                queued.remove(&at);
                 if at < self.busy_until {
-                    self.schedule_work(self.busy_until);
+                    match ev {
+                        Event::BrokerWork => self.schedule_work(self.busy_until),
+                        _ => self.schedule_poll(self.busy_until),
+                    }
                     continue;
                 }
             }
@@ -799,6 +817,7 @@ impl Run {
                 }
                 Event::Net => self.deliver(),
                 Event::BrokerWork => self.broker_work(),
+                Event::BrokerPoll => self.broker_poll(),
                 Event::Fault(i) => {
                     if self.faults_on {
                         let fault = self.schedule.faults[i].1.clone();
@@ -862,6 +881,16 @@ impl Run {
             }
             Err(e) => {
                 trace!(self, "broker open failed: {e}");
+                if self.registry_damaged() {
+                    // Topic metadata is one file: with its only copy
+                    // damaged, no restart can bring the broker back.
+                    trace!(
+                        self,
+                        "the topic registry's only copy was damaged: the broker cannot start again (excused; nothing more to check)"
+                    );
+                    self.phase = Phase::Done;
+                    return;
+                }
                 if !self.faults_on {
                     self.fail(
                         "liveness",
@@ -920,83 +949,111 @@ impl Run {
         }
     }
 
+    fn schedule_poll(&mut self, at: u64) {
+        let at = at.max(self.busy_until);
+        if self.poll_at.insert(at) {
+            self.schedule_at(at, Event::BrokerPoll);
+        }
+    }
+
     fn schedule_deadline(&mut self) {
         let Some(b) = &self.broker else { return };
         if let Some(Instant(d)) = b.next_deadline() {
             // A deadline already passed is served at once, but never in a
             // loop at the same instant.
             let at = d.max(self.now + 1000);
-            if self.work_at.range(..=at).next().is_none() {
-                self.schedule_work(at);
+            if self.poll_at.range(..=at).next().is_none() {
+                self.schedule_poll(at);
             }
         }
     }
 
-    /// One round of the broker: every frame of every connection up to its
-    /// first pending request, then `poll` (group commit, deferred
-    /// responses), until nothing moves. Frames that arrive while the disk
-    /// works wait for the next round, which is what makes group commit
-    /// group. Responses leave when the disk work is done.
+    /// The broker reads every frame of every connection up to its first
+    /// pending request (a request is answered before the next is read).
+    /// Its answers leave when the disk has done the writes; the `poll`
+    /// that syncs them (group commit) follows as a separate step, so that
+    /// a crash can fall between an append and its sync, and frames that
+    /// arrive meanwhile wait for the next round, which is what makes group
+    /// commit group.
     fn broker_work(&mut self) {
         let Some(mut broker) = self.broker.take() else {
             return;
         };
         let clock = self.clock();
         let mut sends: Vec<(u64, FrameOutcome, bool)> = Vec::new();
-        let (mut frames, mut completed) = (0, 0);
-        loop {
-            let mut moved = false;
-            let ready: Vec<u64> = self
+        let ready: Vec<u64> = self
+            .server
+            .iter()
+            .filter(|(_, s)| !s.pending && !s.frames.is_empty())
+            .map(|(&c, _)| c)
+            .collect();
+        let mut frames = 0;
+        for conn in ready {
+            while let Some(frame) = self
                 .server
-                .iter()
-                .filter(|(_, s)| !s.pending && !s.frames.is_empty())
-                .map(|(&c, _)| c)
-                .collect();
-            for conn in ready {
-                // Every frame the connection has, up to the first that
-                // waits (a request is answered before the next is read).
-                while let Some(frame) = self
-                    .server
-                    .get_mut(&conn)
-                    .filter(|s| !s.pending)
-                    .and_then(|s| s.frames.pop_front())
-                {
-                    moved = true;
-                    frames += 1;
-                    if let Some(c) = self.conns.get_mut(&conn) {
-                        c.unread -= 1;
-                    }
-                    match broker.handle_frame(ConnId(conn), &frame, &clock) {
-                        FrameOutcome::Pending => {
-                            self.server.get_mut(&conn).expect("live").pending = true;
-                        }
-                        outcome => {
-                            let fire_and_forget = is_acks0_produce(&frame);
-                            sends.push((conn, outcome, fire_and_forget));
-                        }
-                    }
+                .get_mut(&conn)
+                .filter(|s| !s.pending)
+                .and_then(|s| s.frames.pop_front())
+            {
+                frames += 1;
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.unread -= 1;
                 }
-            }
-            let completions = broker.poll(&clock);
-            if completions.is_empty() && !moved {
-                break;
-            }
-            completed += completions.len();
-            for c in completions {
-                if let Some(s) = self.server.get_mut(&c.conn.0) {
-                    s.pending = false;
-                    sends.push((c.conn.0, c.outcome, false));
+                match broker.handle_frame(ConnId(conn), &frame, &clock) {
+                    FrameOutcome::Pending => {
+                        self.server.get_mut(&conn).expect("live").pending = true;
+                    }
+                    outcome => {
+                        let fire_and_forget = is_acks0_produce(&frame);
+                        sends.push((conn, outcome, fire_and_forget));
+                    }
                 }
             }
         }
         self.broker = Some(broker);
+        let done = self.dispatch(sends, format_args!("{frames} requests"));
+        if frames > 0 {
+            self.schedule_poll(done);
+        }
+    }
+
+    /// `poll`: the group commit, and the answers it releases (acks=-1
+    /// produces now durable, fetches whose wait is over).
+    fn broker_poll(&mut self) {
+        let Some(mut broker) = self.broker.take() else {
+            return;
+        };
+        let clock = self.clock();
+        let completions = broker.poll(&clock);
+        self.broker = Some(broker);
+        let mut sends = Vec::new();
+        for c in completions {
+            if let Some(s) = self.server.get_mut(&c.conn.0) {
+                s.pending = false;
+                sends.push((c.conn.0, c.outcome, false));
+            }
+        }
+        let n = sends.len();
+        let done = self.dispatch(sends, format_args!("poll, {n} completions"));
+        if self
+            .server
+            .values()
+            .any(|s| !s.pending && !s.frames.is_empty())
+        {
+            self.schedule_work(done);
+        }
+    }
+
+    /// Charges the disk time of a broker step and sends its answers when
+    /// it is over. Returns that time.
+    fn dispatch(&mut self, sends: Vec<(u64, FrameOutcome, bool)>, what: fmt::Arguments<'_>) -> u64 {
         let busy = self.disk.take_busy_ns();
         let done = self.now + busy;
         self.busy_until = done;
-        if frames + completed > 0 {
+        if !sends.is_empty() || busy > 0 {
             trace!(
                 self,
-                "broker: {frames} requests, {completed} completions, {} responses, disk busy {}us",
+                "broker: {what}, {} outcomes, disk busy {}us",
                 sends.len(),
                 busy / 1000
             );
@@ -1008,7 +1065,10 @@ impl Run {
                 FrameOutcome::Close(reason) if fire_and_forget => {
                     // Kafka's only way to tell an acks=0 producer that its
                     // batch failed.
-                    trace!(self, "broker closed connection {conn} after an acks=0 produce: {reason}");
+                    trace!(
+                        self,
+                        "broker closed connection {conn} after an acks=0 produce: {reason}"
+                    );
                     self.reset_conn(conn, true);
                 }
                 FrameOutcome::Close(reason) => {
@@ -1027,9 +1087,7 @@ impl Run {
         if self.violation.is_none() {
             self.schedule_deadline();
         }
-        if self.server.values().any(|s| !s.pending && !s.frames.is_empty()) {
-            self.schedule_work(done);
-        }
+        done
     }
 
     /// A response leaves the broker: the checker observes it now, in the
@@ -1161,7 +1219,11 @@ impl Run {
     }
 
     fn client_timeout(&mut self, c: usize, serial: u64) {
-        if self.clients[c].out.as_ref().is_none_or(|o| o.serial != serial) {
+        if self.clients[c]
+            .out
+            .as_ref()
+            .is_none_or(|o| o.serial != serial)
+        {
             return;
         }
         self.stats.timeouts += 1;
@@ -1194,7 +1256,13 @@ impl Run {
         Some(lo + self.rng.below((hi - lo + 1) as u64) as i16)
     }
 
-    fn send(&mut self, c: usize, req: Req, version: i16, frame_of: impl Fn(i32) -> Result<Vec<u8>, String>) {
+    fn send(
+        &mut self,
+        c: usize,
+        req: Req,
+        version: i16,
+        frame_of: impl Fn(i32) -> Result<Vec<u8>, String>,
+    ) {
         let conn = self.clients[c].conn.expect("connected");
         let corr = self.clients[c].next_corr;
         self.clients[c].next_corr += 1;
@@ -1204,7 +1272,11 @@ impl Run {
         };
         self.stats.requests += 1;
         let no_response = matches!(req, Req::Produce { acks: 0, .. });
-        trace!(self, "c{c} -> {:?} v{version} corr={corr} {req:?}", req.key());
+        trace!(
+            self,
+            "c{c} -> {:?} v{version} corr={corr} {req:?}",
+            req.key()
+        );
         if no_response {
             let gap = self.rng.between(0, 2 * self.producer_gap_ms) * MS / 2;
             self.wake(c, gap.max(MS / 10));
@@ -1285,7 +1357,10 @@ impl Run {
     fn admin_step(&mut self, c: usize) {
         if !self.created {
             let Some(version) = self.version(c, ApiKey::CreateTopics) else {
-                return self.fail("protocol-error", "the broker does not offer CreateTopics".into());
+                return self.fail(
+                    "protocol-error",
+                    "the broker does not offer CreateTopics".into(),
+                );
             };
             let topics: Vec<CreatableTopic> = self
                 .topics
@@ -1326,7 +1401,9 @@ impl Run {
             return;
         }
         let w = self.weights;
-        let mut roll = self.rng.below(w.list_offsets + w.delete_records + w.metadata + w.idle);
+        let mut roll = self
+            .rng
+            .below(w.list_offsets + w.delete_records + w.metadata + w.idle);
         if roll < w.list_offsets {
             let tps = self.usable_tps();
             let timestamp = if self.rng.chance(0.5) { -1 } else { -2 };
@@ -1350,9 +1427,15 @@ impl Run {
     /// auto-creates it (Produce itself does not, as in Kafka).
     fn metadata(&mut self, c: usize, topics: Vec<usize>) {
         let Some(version) = self.version(c, ApiKey::Metadata) else {
-            return self.fail("protocol-error", "the broker does not offer Metadata".into());
+            return self.fail(
+                "protocol-error",
+                "the broker does not offer Metadata".into(),
+            );
         };
-        let names: Vec<String> = topics.iter().map(|&t| self.topics[t].name.clone()).collect();
+        let names: Vec<String> = topics
+            .iter()
+            .map(|&t| self.topics[t].name.clone())
+            .collect();
         self.send(c, Req::Metadata { topics }, version, |corr| {
             let topics = names
                 .iter()
@@ -1367,7 +1450,10 @@ impl Run {
 
     fn list_offsets(&mut self, c: usize, tps: Vec<Tp>, timestamp: i64) {
         let Some(version) = self.version(c, ApiKey::ListOffsets) else {
-            return self.fail("protocol-error", "the broker does not offer ListOffsets".into());
+            return self.fail(
+                "protocol-error",
+                "the broker does not offer ListOffsets".into(),
+            );
         };
         let mut by_topic: BTreeMap<usize, Vec<i32>> = BTreeMap::new();
         for &(t, p) in &tps {
@@ -1473,7 +1559,9 @@ impl Run {
                 return self.wake(c, b);
             }
             let tp = tps[self.rng.below(tps.len() as u64) as usize];
-            let acks = self.clients[c].acks.unwrap_or_else(|| [0, 1, -1][self.rng.below(3) as usize]);
+            let acks = self.clients[c]
+                .acks
+                .unwrap_or_else(|| [0, 1, -1][self.rng.below(3) as usize]);
             let batch = self.make_batch(c, tp, acks);
             self.clients[c].batch = Some(batch);
         }
@@ -1564,7 +1652,8 @@ impl Run {
             // Catching up, as a real consumer's defaults do: large reads,
             // so that the liveness bound measures the broker, not tiny
             // fetch limits.
-            (max_wait, min_bytes, max_bytes, partition_max) = (max_wait.min(100), 1, 1 << 20, 1 << 20);
+            (max_wait, min_bytes, max_bytes, partition_max) =
+                (max_wait.min(100), 1, 1 << 20, 1 << 20);
         }
         let mut by_topic: BTreeMap<usize, Vec<(i32, i64)>> = BTreeMap::new();
         for &((t, p), pos) in &positions {
@@ -1620,7 +1709,10 @@ impl Run {
         match (&out.req, resp) {
             (Req::ApiVersions, Resp::ApiVersions(r)) => self.on_api_versions(c, r),
             (Req::CreateTopics, Resp::CreateTopics(r)) => self.on_create_topics(c, r),
-            (Req::Metadata { .. }, Resp::Metadata(r)) => self.on_metadata(c, r),
+            (Req::Metadata { topics }, Resp::Metadata(r)) => {
+                let topics = topics.clone();
+                self.on_metadata(c, &topics, r)
+            }
             (Req::Produce { .. }, Resp::Produce(r)) => self.on_produce(c, r),
             (Req::Fetch { positions }, Resp::Fetch(r)) => {
                 let positions = positions.clone();
@@ -1686,7 +1778,18 @@ impl Run {
         }
     }
 
-    fn on_metadata(&mut self, c: usize, r: MetadataResponse) {
+    fn on_metadata(&mut self, c: usize, asked: &[usize], r: MetadataResponse) {
+        for &t in asked {
+            let name = &self.topics[t].name;
+            if !r
+                .topics
+                .iter()
+                .any(|x| x.name.as_ref().is_some_and(|n| n.0.as_str() == name))
+            {
+                let detail = format!("c{c}: metadata response omits topic {name}");
+                return self.fail("protocol-error", detail);
+            }
+        }
         for t in &r.topics {
             let Some(name) = &t.name else { continue };
             let Some(spec) = self.topics.iter().find(|s| s.name == name.0.as_str()) else {
@@ -1887,10 +1990,17 @@ impl Run {
         let mut starved: Option<(Tp, i64, i64)> = None;
         let mut all_clean = true;
         for t in &r.responses {
-            let Some(ti) = self.topics.iter().position(|s| s.name == t.topic.0.as_str()) else {
+            let Some(ti) = self
+                .topics
+                .iter()
+                .position(|s| s.name == t.topic.0.as_str())
+            else {
                 return self.fail(
                     "protocol-error",
-                    format!("c{c}: fetch response names unknown topic {}", t.topic.0.as_str()),
+                    format!(
+                        "c{c}: fetch response names unknown topic {}",
+                        t.topic.0.as_str()
+                    ),
                 );
             };
             for p in &t.partitions {
@@ -1898,7 +2008,10 @@ impl Run {
                 let Some(&(_, asked)) = positions.iter().find(|(x, _)| *x == tp) else {
                     return self.fail(
                         "protocol-error",
-                        format!("c{c}: fetch response for {} not asked for", self.tp_name(tp)),
+                        format!(
+                            "c{c}: fetch response for {} not asked for",
+                            self.tp_name(tp)
+                        ),
                     );
                 };
                 if self.clients[c].positions.get(&tp).copied().unwrap_or(0) != asked
@@ -1911,7 +2024,11 @@ impl Run {
                     code::NONE => {}
                     code::OFFSET_OUT_OF_RANGE => {
                         all_clean = false;
-                        trace!(self, "c{c}: {} offset {asked} out of range", self.tp_name(tp));
+                        trace!(
+                            self,
+                            "c{c}: {} offset {asked} out of range",
+                            self.tp_name(tp)
+                        );
                         if self.clients[c].role == Role::Consumer {
                             self.clients[c].resets.insert(tp, Reset::Earliest);
                         } else {
@@ -1925,7 +2042,8 @@ impl Run {
                     e => {
                         all_clean = false;
                         trace!(self, "c{c}: fetch {}@{asked}: error {e}", self.tp_name(tp));
-                        self.clients[c].last_error = format!("fetch {} error {e}", self.tp_name(tp));
+                        self.clients[c].last_error =
+                            format!("fetch {} error {e}", self.tp_name(tp));
                         if self.clients[c].role == Role::Final {
                             self.final_stuck(c, tp, asked, format!("error {e}"));
                         }
@@ -1957,7 +2075,15 @@ impl Run {
         self.next_after_response(c);
     }
 
-    fn check_records(&mut self, c: usize, tp: Tp, asked: i64, hw: i64, log_start: i64, records: &[u8]) {
+    fn check_records(
+        &mut self,
+        c: usize,
+        tp: Tp,
+        asked: i64,
+        hw: i64,
+        log_start: i64,
+        records: &[u8],
+    ) {
         let name = self.tp_name(tp);
         let damaged = self.damaged_from(tp);
         let log_append_time = self.topics[tp.0].log_append_time;
@@ -1969,7 +2095,9 @@ impl Run {
                 Err(e) => {
                     return self.fail(
                         "corrupt-read",
-                        format!("c{c}: fetch {name}@{asked} served a bad batch after offset {pos}: {e}"),
+                        format!(
+                            "c{c}: fetch {name}@{asked} served a bad batch after offset {pos}: {e}"
+                        ),
                     )
                 }
             };
@@ -1983,7 +2111,11 @@ impl Run {
                     };
                     return self.fail(
                         kind,
-                        format!("c{c}: fetch {name}@{asked}: batch at {} follows one ending at {}", h.base_offset, n - 1),
+                        format!(
+                            "c{c}: fetch {name}@{asked}: batch at {} follows one ending at {}",
+                            h.base_offset,
+                            n - 1
+                        ),
                     );
                 }
             }
@@ -1991,7 +2123,10 @@ impl Run {
             if log_append_time && h.timestamp_type() != TimestampType::LogAppendTime {
                 return self.fail(
                     "timestamp-type",
-                    format!("c{c}: {name} is LogAppendTime but batch {} is not", h.base_offset),
+                    format!(
+                        "c{c}: {name} is LogAppendTime but batch {} is not",
+                        h.base_offset
+                    ),
                 );
             }
             let recs = match batch::decode_records(b.bytes) {
@@ -2004,11 +2139,19 @@ impl Run {
                 }
             };
             if recs.len() as i64 != h.last_offset() - h.base_offset + 1
-                || recs.iter().enumerate().any(|(i, r)| r.offset_delta != i as i32)
+                || recs
+                    .iter()
+                    .enumerate()
+                    .any(|(i, r)| r.offset_delta != i as i32)
             {
                 return self.fail(
                     "offsets-not-dense",
-                    format!("c{c}: {name} batch {}..={} holds {} records with deltas not 0..n", h.base_offset, h.last_offset(), recs.len()),
+                    format!(
+                        "c{c}: {name} batch {}..={} holds {} records with deltas not 0..n",
+                        h.base_offset,
+                        h.last_offset(),
+                        recs.len()
+                    ),
                 );
             }
             for (i, r) in recs.iter().enumerate() {
@@ -2020,7 +2163,7 @@ impl Run {
                     // Skipping is allowed only over deleted records, or
                     // where the disk destroyed them.
                     let deleted = o <= log_start.max(self.parts[&tp].log_start);
-                    if !deleted && !damaged.is_some_and(|d| pos >= d) {
+                    if !deleted && damaged.is_none_or(|d| pos < d) {
                         return self.fail(
                             "poll-skip",
                             format!("c{c}: {name}: position {pos}, next record read is at {o} (log start {log_start})"),
@@ -2039,7 +2182,10 @@ impl Run {
                 let Some(sent) = self.sent.get_mut(&value) else {
                     return self.fail(
                         "phantom-read",
-                        format!("c{c}: {name}@{o} holds {}, which no producer sent", show(&value)),
+                        format!(
+                            "c{c}: {name}@{o} holds {}, which no producer sent",
+                            show(&value)
+                        ),
                     );
                 };
                 if sent.tp != tp || r.key.as_deref() != Some(&sent.key[..]) {
@@ -2056,11 +2202,18 @@ impl Run {
                 if sent.seen.insert(o) && sent.seen.len() > 1 {
                     let (attempts, seen) = (sent.attempts, sent.seen.clone());
                     self.stats.duplicates += 1;
-                    trace!(self, "c{c}: {name}: {} at offsets {seen:?} (sent {attempts} times)", show(&value));
+                    trace!(
+                        self,
+                        "c{c}: {name}: {} at offsets {seen:?} (sent {attempts} times)",
+                        show(&value)
+                    );
                     if attempts <= 1 && !excused {
                         return self.fail(
                             "duplicate",
-                            format!("c{c}: {name}: {} sent once, read at offsets {seen:?}", show(&value)),
+                            format!(
+                                "c{c}: {name}: {} sent once, read at offsets {seen:?}",
+                                show(&value)
+                            ),
                         );
                     }
                 }
@@ -2068,7 +2221,11 @@ impl Run {
                 match m.reads.get(&o) {
                     Some(prev) if *prev != value => {
                         if !excused {
-                            let detail = format!("c{c}: {name}@{o} read as {}, earlier as {}", show(&value), show(prev));
+                            let detail = format!(
+                                "c{c}: {name}@{o} read as {}, earlier as {}",
+                                show(&value),
+                                show(prev)
+                            );
                             return self.fail("inconsistent-offsets", detail);
                         }
                         m.reads.insert(o, value.clone());
@@ -2102,7 +2259,11 @@ impl Run {
     fn observe(&mut self, out: &Outstanding, resp: &Resp) {
         match (&out.req, resp) {
             (Req::Produce { tp, acks, records }, Resp::Produce(r)) => {
-                for p in r.responses.iter().flat_map(|t| t.partition_responses.iter()) {
+                for p in r
+                    .responses
+                    .iter()
+                    .flat_map(|t| t.partition_responses.iter())
+                {
                     self.note_error(p.error_code, *tp, None);
                     if p.error_code != code::NONE {
                         continue;
@@ -2111,14 +2272,23 @@ impl Run {
                     // acks=-1 answer waits for the sync, and records may be
                     // deleted meanwhile, as in Kafka): not checked for order.
                     if *acks == -1 {
+                        // A floor, not a report: the high watermark covers
+                        // at least this batch from now on.
                         let end = p.base_offset + *records as i64;
-                        self.observe_hw(*tp, end, "acks=-1 acknowledgement");
+                        if end > self.parts[tp].hw {
+                            let m = self.parts.get_mut(tp).expect("known partition");
+                            m.hw = end;
+                            m.hw_why = "an acks=-1 acknowledgement's end".to_string();
+                        }
                     }
                 }
             }
             (Req::Fetch { positions }, Resp::Fetch(r)) => {
                 for t in &r.responses {
-                    let Some(ti) = self.topics.iter().position(|s| s.name == t.topic.0.as_str())
+                    let Some(ti) = self
+                        .topics
+                        .iter()
+                        .position(|s| s.name == t.topic.0.as_str())
                     else {
                         continue;
                     };
@@ -2218,8 +2388,9 @@ impl Run {
         if hw < old {
             let damaged = self.damaged_from(tp);
             let name = self.tp_name(tp);
-            if !damaged.is_some_and(|d| d <= hw) {
-                let detail = format!("{name}: high watermark {hw} ({what}) after {old} ({old_why})");
+            if damaged.is_none_or(|d| d > hw) {
+                let detail =
+                    format!("{name}: high watermark {hw} ({what}) after {old} ({old_why})");
                 return self.fail("hw-regressed", detail);
             }
             trace!(
@@ -2238,7 +2409,9 @@ impl Run {
     fn observe_log_start(&mut self, tp: Tp, start: i64, what: &str) {
         let both_lost = self.both_checkpoint_copies_damaged(tp);
         let name = self.tp_name(tp);
-        let Some(m) = self.parts.get_mut(&tp) else { return };
+        let Some(m) = self.parts.get_mut(&tp) else {
+            return;
+        };
         if start < m.log_start {
             if both_lost {
                 m.log_start = start;
@@ -2263,6 +2436,14 @@ impl Run {
             .iter()
             .filter_map(|d| d.path.strip_prefix(&prefix).and_then(parse_data_name))
             .min()
+    }
+
+    fn registry_damaged(&self) -> bool {
+        let file = format!("{DATA_DIR}/{META_FILE}");
+        self.disk
+            .damage()
+            .iter()
+            .any(|d| d.path == file || d.path == format!("{file}.tmp"))
     }
 
     fn both_checkpoint_copies_damaged(&self, tp: Tp) -> bool {
@@ -2296,7 +2477,10 @@ impl Run {
         if self.phase != Phase::Settle {
             return;
         }
-        trace!(self, "drain: producers finish their batches, nothing new starts");
+        trace!(
+            self,
+            "drain: producers finish their batches, nothing new starts"
+        );
         self.phase = Phase::Drain;
     }
 
@@ -2335,11 +2519,19 @@ impl Run {
             .into_iter()
             .filter(|tp| !client.abandoned.contains(tp))
             .collect();
-        let no_start: Vec<Tp> = tps.iter().copied().filter(|tp| !client.starts.contains_key(tp)).collect();
+        let no_start: Vec<Tp> = tps
+            .iter()
+            .copied()
+            .filter(|tp| !client.starts.contains_key(tp))
+            .collect();
         if !no_start.is_empty() {
             return self.list_offsets(c, no_start, -2);
         }
-        let no_target: Vec<Tp> = tps.iter().copied().filter(|tp| !client.targets.contains_key(tp)).collect();
+        let no_target: Vec<Tp> = tps
+            .iter()
+            .copied()
+            .filter(|tp| !client.targets.contains_key(tp))
+            .collect();
         if !no_target.is_empty() {
             return self.list_offsets(c, no_target, -1);
         }
@@ -2376,7 +2568,12 @@ impl Run {
                     client.targets.insert(tp, 0);
                 } else {
                     let pos = self.clients[c].positions.get(&tp).copied().unwrap_or(0);
-                    self.final_stuck(c, tp, pos, format!("list offsets {timestamp}: error {}", p.error_code));
+                    self.final_stuck(
+                        c,
+                        tp,
+                        pos,
+                        format!("list offsets {timestamp}: error {}", p.error_code),
+                    );
                 }
             }
         }
@@ -2404,13 +2601,20 @@ impl Run {
         };
         self.parts.keys().all(|tp| {
             f.abandoned.contains(tp)
-                || f.targets.get(tp).is_some_and(|t| f.positions.get(tp).is_some_and(|p| p >= t))
+                || f.targets
+                    .get(tp)
+                    .is_some_and(|t| f.positions.get(tp).is_some_and(|p| p >= t))
         })
     }
 
     fn final_check(&mut self) {
-        let f = self.clients.iter().find(|c| c.role == Role::Final).expect("final consumer");
-        let (starts, targets, abandoned) = (f.starts.clone(), f.targets.clone(), f.abandoned.clone());
+        let f = self
+            .clients
+            .iter()
+            .find(|c| c.role == Role::Final)
+            .expect("final consumer");
+        let (starts, targets, abandoned) =
+            (f.starts.clone(), f.targets.clone(), f.abandoned.clone());
         let mut lost = None;
         'parts: for (&tp, m) in &self.parts {
             if abandoned.contains(&tp) {
@@ -2421,7 +2625,7 @@ impl Run {
             let damaged = self.damaged_from(tp);
             // A partition the broker no longer knows promised nothing to
             // the tap (its answers were errors): check its promises here.
-            if m.hw > end && !damaged.is_some_and(|d| d <= end) {
+            if m.hw > end && damaged.is_none_or(|d| d > end) {
                 let detail = format!(
                     "{}: high watermark was {} ({}), the log now ends at {end}",
                     self.tp_name(tp),
@@ -2463,7 +2667,11 @@ impl Run {
             "final read complete: {:?}",
             targets
                 .iter()
-                .map(|(&tp, &e)| format!("{}=[{}, {e})", self.tp_name(tp), starts.get(&tp).copied().unwrap_or(-1)))
+                .map(|(&tp, &e)| format!(
+                    "{}=[{}, {e})",
+                    self.tp_name(tp),
+                    starts.get(&tp).copied().unwrap_or(-1)
+                ))
                 .collect::<Vec<_>>()
         );
         self.phase = Phase::Done;

@@ -1,6 +1,6 @@
 //! The broker workload over a fixed range of seeds, each run twice: every
 //! invariant must hold, and both runs must produce the same trace hash.
-//! Split in two so the harness can spread them over the cores.
+//! Split in three so the harness can spread them over the cores.
 
 use odradek_sim::{run, RunOptions, Workload};
 
@@ -47,6 +47,11 @@ fn broker_seeds_0_to_100() {
 #[test]
 fn broker_seeds_100_to_200() {
     check_seeds(100..200);
+}
+
+#[test]
+fn broker_seeds_200_to_300() {
+    check_seeds(200..300);
 }
 
 /// Different seeds must explore different runs.
