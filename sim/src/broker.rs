@@ -142,6 +142,10 @@ struct TopicSpec {
 struct SentRecord {
     tp: Tp,
     key: Vec<u8>,
+    /// The producer's timestamp, which a CreateTime topic keeps.
+    timestamp: i64,
+    /// Where a produce answer placed it.
+    acked_at: Option<i64>,
     /// How many times the batch holding it was sent.
     attempts: u32,
     /// Offsets it has been read at.
@@ -247,6 +251,8 @@ struct Client {
     targets: BTreeMap<Tp, i64>,
     /// Final consumer: partitions given up on because damage excuses it.
     abandoned: BTreeSet<Tp>,
+    /// Final consumer: partitions the broker does not know.
+    missing: BTreeSet<Tp>,
     /// The last error this client saw, for liveness reports.
     last_error: String,
     stopped: bool,
@@ -271,6 +277,7 @@ impl Client {
             starts: BTreeMap::new(),
             targets: BTreeMap::new(),
             abandoned: BTreeSet::new(),
+            missing: BTreeSet::new(),
             last_error: String::new(),
             stopped: false,
         }
@@ -1531,6 +1538,8 @@ impl Run {
                 SentRecord {
                     tp,
                     key: key.into_bytes(),
+                    timestamp: ts + i as i64,
+                    acked_at: None,
                     attempts: 0,
                     seen: BTreeSet::new(),
                 },
@@ -1768,7 +1777,8 @@ impl Run {
                 );
             }
         }
-        trace!(self, "c{c}: topics created: {ok}");
+        let why = if ok { "" } else { &self.clients[c].last_error };
+        trace!(self, "c{c}: topics created: {ok} {why}");
         if ok {
             self.created = true;
             self.next_after_response(c);
@@ -1857,6 +1867,17 @@ impl Run {
         for (i, v) in batch.values.iter().enumerate() {
             let o = base + i as i64;
             let excused = damaged.is_some_and(|d| o >= d);
+            let name = self.tp_name(batch.tp);
+            let sent = self.sent.get_mut(v).expect("sent");
+            sent.acked_at = Some(o);
+            if sent.attempts <= 1 && !sent.seen.is_empty() && !sent.seen.contains(&o) && !excused {
+                let detail = format!(
+                    "{name}: {} read at {:?}, acknowledged at offset {o}",
+                    show(v),
+                    sent.seen
+                );
+                return self.fail("inconsistent-offsets", detail);
+            }
             let m = self.parts.get(&batch.tp).expect("known partition");
             if let Some(read) = m.reads.get(&o) {
                 if read != v && !excused {
@@ -2198,6 +2219,23 @@ impl Run {
                         String::from_utf8_lossy(&sent.key)
                     );
                     return self.fail("phantom-read", detail);
+                }
+                let timestamp = h.base_timestamp + r.timestamp_delta;
+                if !log_append_time && timestamp != sent.timestamp {
+                    let detail = format!(
+                        "c{c}: {name}@{o} holds {} with timestamp {timestamp}, sent with {}",
+                        show(&value),
+                        sent.timestamp
+                    );
+                    return self.fail("phantom-read", detail);
+                }
+                if sent.attempts <= 1 && sent.acked_at.is_some_and(|a| a != o) && !excused {
+                    let detail = format!(
+                        "c{c}: {name}: {} acknowledged at offset {}, read at {o}",
+                        show(&value),
+                        sent.acked_at.unwrap_or_default()
+                    );
+                    return self.fail("inconsistent-offsets", detail);
                 }
                 if sent.seen.insert(o) && sent.seen.len() > 1 {
                     let (attempts, seen) = (sent.attempts, sent.seen.clone());
@@ -2566,6 +2604,7 @@ impl Run {
                     client.starts.insert(tp, 0);
                     client.positions.insert(tp, 0);
                     client.targets.insert(tp, 0);
+                    client.missing.insert(tp);
                 } else {
                     let pos = self.clients[c].positions.get(&tp).copied().unwrap_or(0);
                     self.final_stuck(
@@ -2613,8 +2652,12 @@ impl Run {
             .iter()
             .find(|c| c.role == Role::Final)
             .expect("final consumer");
-        let (starts, targets, abandoned) =
-            (f.starts.clone(), f.targets.clone(), f.abandoned.clone());
+        let (starts, targets, abandoned, missing) = (
+            f.starts.clone(),
+            f.targets.clone(),
+            f.abandoned.clone(),
+            f.missing.clone(),
+        );
         let mut lost = None;
         'parts: for (&tp, m) in &self.parts {
             if abandoned.contains(&tp) {
@@ -2623,25 +2666,19 @@ impl Run {
             let start = starts.get(&tp).copied().unwrap_or(0);
             let end = targets[&tp];
             let damaged = self.damaged_from(tp);
-            // A partition the broker no longer knows promised nothing to
-            // the tap (its answers were errors): check its promises here.
-            if m.hw > end && damaged.is_none_or(|d| d > end) {
-                let detail = format!(
-                    "{}: high watermark was {} ({}), the log now ends at {end}",
-                    self.tp_name(tp),
-                    m.hw,
-                    m.hw_why
-                );
-                lost = Some(("hw-regressed", detail));
-                break 'parts;
-            }
+            let gone = if missing.contains(&tp) {
+                " (the broker no longer knows the partition)"
+            } else {
+                ""
+            };
             for (&o, v) in &m.durable {
                 if o < start || damaged.is_some_and(|d| o >= d) {
                     continue;
                 }
                 let detail = if o >= end {
+                    let count = m.durable.range(o..).count();
                     format!(
-                        "{}: {} acknowledged at {o} with acks=-1, the log now ends at {end}",
+                        "{}: {} acknowledged at {o} with acks=-1 ({count} such records from there), the log now ends at {end}{gone}",
                         self.tp_name(tp),
                         show(v)
                     )
@@ -2656,6 +2693,18 @@ impl Run {
                     continue;
                 };
                 lost = Some(("lost-write", detail));
+                break 'parts;
+            }
+            // A partition the broker no longer knows answered only errors,
+            // which the tap does not check: its promises are checked here.
+            if m.hw > end && damaged.is_none_or(|d| d > end) {
+                let detail = format!(
+                    "{}: high watermark was {} ({}), the log now ends at {end}{gone}",
+                    self.tp_name(tp),
+                    m.hw,
+                    m.hw_why
+                );
+                lost = Some(("hw-regressed", detail));
                 break 'parts;
             }
         }
