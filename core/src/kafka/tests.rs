@@ -557,6 +557,150 @@ fn produce_validation_errors() {
     assert_eq!(h.fetch("t", 0, 0).high_watermark, 0);
 }
 
+fn compressed(codec: batch::Compression, n: usize, ts: i64) -> Vec<u8> {
+    let mut b = BatchBuilder::new(ts).compression(codec);
+    for i in 0..n {
+        let value = format!("{codec:?}-{i}");
+        b = b.add_with_headers(
+            Some(b"key"),
+            Some(value.as_bytes()),
+            ts + i as i64,
+            vec![(b"h".to_vec(), Some(b"v".to_vec()))],
+        );
+    }
+    b.build()
+}
+
+#[test]
+fn compressed_batches_are_validated_and_stored_as_sent() {
+    use batch::Compression::{Gzip, Lz4, Snappy, Zstd};
+    let mut h = Harness::new();
+    h.create("z", 1, &[]);
+    let mut sent = Vec::new();
+    for codec in [Gzip, Snappy, Lz4, Zstd] {
+        let b = compressed(codec, 5, 1000);
+        assert_eq!(
+            h.produce_ok("z", 0, -1, b.clone()).error,
+            error::NONE,
+            "{codec:?}"
+        );
+        sent.push(b);
+    }
+    let p = h.fetch("z", 0, 0);
+    let stored = p.records.unwrap();
+    let mut pos = 0;
+    for (i, b) in batch::Batches::new(&stored).enumerate() {
+        let b = b.unwrap();
+        // Byte for byte as sent, but for the offset and the leader epoch
+        // the log assigned (both outside the CRC).
+        assert_eq!(&b.bytes[16..], &sent[i][16..], "batch {i}");
+        let records = batch::decode_records_any(b.bytes, 1 << 20).unwrap();
+        assert_eq!(records.len(), 5);
+        assert_eq!(
+            records[0].headers,
+            vec![(b"h".to_vec(), Some(b"v".to_vec()))]
+        );
+        pos += b.bytes.len();
+    }
+    assert_eq!(pos, stored.len());
+    // By timestamp inside a compressed batch.
+    assert_eq!(h.list_offset("z", 1003), (error::NONE, 3, 1003));
+    // A decompression bomb: small on the wire, huge inside.
+    let huge = vec![0u8; 300 << 20];
+    let bomb = BatchBuilder::new(1)
+        .compression(Gzip)
+        .add(None, Some(&huge), 1)
+        .build();
+    let mut c = config();
+    c.settings
+        .insert("message.max.bytes".into(), "100000000".into());
+    let mut h2 = Harness::with_config(c);
+    h2.create("z", 1, &[]);
+    assert!(bomb.len() < huge.len() / 100);
+    assert_eq!(
+        h2.produce_ok("z", 0, 1, bomb).error,
+        error::MESSAGE_TOO_LARGE
+    );
+}
+
+#[test]
+fn record_level_errors_name_the_record() {
+    let mut h = Harness::new();
+    h.create("t", 1, &[("message.timestamp.before.max.ms", "1000")]);
+    // Record 1 is an hour old.
+    let now = h.clock.wall_ms;
+    let b = BatchBuilder::new(now)
+        .add(None, Some(b"a"), now)
+        .add(None, Some(b"b"), now - 3_600_000)
+        .build();
+    let out = h.produce("t", 0, 1, b);
+    let (_, resp): (i32, ProduceResponse) = response(ApiKey::Produce, 9, out);
+    let p = &resp.responses[0].partition_responses[0];
+    assert_eq!(p.error_code, error::INVALID_TIMESTAMP);
+    assert_eq!(p.record_errors.len(), 1);
+    assert_eq!(p.record_errors[0].batch_index, 1);
+    // A producer that lies about the max timestamp is corrected.
+    let mut b = records(2, now);
+    batch::set_max_timestamp(&mut b, now + 99_999_999);
+    assert_eq!(h.produce_ok("t", 0, -1, b).error, error::NONE);
+    let stored = h.fetch("t", 0, 0).records.unwrap();
+    let got = batch::Batches::new(&stored).next().unwrap().unwrap();
+    assert_eq!(got.header.max_timestamp, now + 1);
+}
+
+#[test]
+fn idempotent_producers_are_deduplicated_across_restarts() {
+    let mut h = Harness::new();
+    h.create("t", 1, &[]);
+    let init = |h: &mut Harness| -> (i64, i16) {
+        let req = InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1)
+            .with_transaction_timeout_ms(60_000);
+        let resp: InitProducerIdResponse = h.call(ApiKey::InitProducerId, 4, &req);
+        assert_eq!(resp.error_code, error::NONE);
+        (resp.producer_id.0, resp.producer_epoch)
+    };
+    let (pid, epoch) = init(&mut h);
+    let (pid2, _) = init(&mut h);
+    assert_ne!(pid, pid2);
+    let batch = |seq: i32| {
+        BatchBuilder::new(h_now())
+            .producer(pid, epoch, seq)
+            .add(None, Some(format!("s{seq}").as_bytes()), h_now())
+            .add(None, Some(format!("s{seq}b").as_bytes()), h_now())
+            .build()
+    };
+    assert_eq!(h.produce_ok("t", 0, -1, batch(0)).base_offset, 0);
+    assert_eq!(h.produce_ok("t", 0, -1, batch(2)).base_offset, 2);
+    // A retry is answered with the first offsets and not written again.
+    let r = h.produce_ok("t", 0, -1, batch(0));
+    assert_eq!((r.error, r.base_offset), (error::NONE, 0));
+    let r = h.produce_ok("t", 0, -1, batch(8));
+    assert_eq!(r.error, producers::OUT_OF_ORDER_SEQUENCE_NUMBER);
+    h.restart();
+    // The state is rebuilt from the log: still a duplicate after a crash.
+    let r = h.produce_ok("t", 0, -1, batch(2));
+    assert_eq!((r.error, r.base_offset), (error::NONE, 2));
+    assert_eq!(h.produce_ok("t", 0, -1, batch(4)).base_offset, 4);
+    assert_eq!(h.fetch_all("t", 0, 0).len(), 6);
+    // Ids are never handed out twice, restarts included.
+    let (pid3, _) = init(&mut h);
+    assert!(pid3 > pid2);
+    // Transactions are not available yet.
+    let req = InitProducerIdRequest::default()
+        .with_transactional_id(Some(TransactionalId(str_bytes("tx"))))
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    let resp: InitProducerIdResponse = h.call(ApiKey::InitProducerId, 4, &req);
+    assert_ne!(resp.error_code, error::NONE);
+}
+
+fn h_now() -> i64 {
+    1_700_000_000_000
+}
+
 #[test]
 fn log_append_time_stamps_batches() {
     let mut h = Harness::new();
@@ -958,6 +1102,14 @@ fn every_supported_version_of_every_api_is_answered() {
                     h.send(C, key, v, &req)
                 }
                 ApiKey::DescribeCluster => h.send(C, key, v, &DescribeClusterRequest::default()),
+                ApiKey::InitProducerId => h.send(
+                    C,
+                    key,
+                    v,
+                    &InitProducerIdRequest::default()
+                        .with_producer_id(ProducerId(-1))
+                        .with_producer_epoch(-1),
+                ),
                 other => panic!("{other:?} is supported but not covered by this test"),
             };
             assert!(
@@ -1072,15 +1224,10 @@ fn unsupported_apis_and_versions_get_unsupported_version() {
         h.broker.handle_frame(C, &frame, &h.clock),
     );
     assert_eq!(resp.error_code, error::UNSUPPORTED_VERSION);
-    let frame = request(
-        ApiKey::InitProducerId,
-        4,
-        13,
-        &InitProducerIdRequest::default(),
-    );
-    let (_, resp): (i32, InitProducerIdResponse) = response(
-        ApiKey::InitProducerId,
-        4,
+    let frame = request(ApiKey::EndTxn, 3, 13, &EndTxnRequest::default());
+    let (_, resp): (i32, EndTxnResponse) = response(
+        ApiKey::EndTxn,
+        3,
         h.broker.handle_frame(C, &frame, &h.clock),
     );
     assert_eq!(resp.error_code, error::UNSUPPORTED_VERSION);
