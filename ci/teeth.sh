@@ -3,8 +3,9 @@
 # breaks recovery or durability on purpose (the way real storage engines
 # have broken), is applied to a scratch worktree, and the swarm runs over
 # seeds 0.. in chunks of 1000 until some seed catches it. A mutation that no
-# seed up to MAX_SEEDS catches is a hole in the simulator. Nothing here
-# touches the working tree.
+# seed up to MAX_SEEDS catches is a hole in the simulator. Patches named
+# broker-*.patch break the Kafka request path and run the broker workload;
+# the others run the storage workload. Nothing here touches the working tree.
 #
 #   ci/teeth.sh [MAX_SEEDS]     default MAX_SEEDS=20000
 set -euo pipefail
@@ -17,6 +18,8 @@ jobs=$(nproc)
 printf '%-30s %-12s %-16s %s\n' mutation first-seed caught/in first-violation
 for patch in ci/mutations/*.patch; do
   name=$(basename "$patch" .patch)
+  workload=storage
+  case "$name" in broker-*) workload=broker ;; esac
   work=$(mktemp -d)
   git worktree add -q --detach "$work" HEAD
   if ! git -C "$work" apply "$root/$patch"; then
@@ -32,7 +35,7 @@ for patch in ci/mutations/*.patch; do
   to=0
   for ((from = 0; from < max_seeds; from += chunk)); do
     to=$((from + chunk))
-    out=$("$CARGO_TARGET_DIR/release/odradek" sim swarm --seeds "$from..$to" --jobs "$jobs" 2>&1 || true)
+    out=$("$CARGO_TARGET_DIR/release/odradek" sim swarm --workload "$workload" --seeds "$from..$to" --jobs "$jobs" 2>&1 || true)
     # The sorted summary after the live lines: one line per failing seed.
     summary=$(sed -n '/^failures, by seed:/,$p' <<<"$out" | grep 'FAIL seed=' || true)
     failed=$(grep -c 'FAIL seed=' <<<"$summary" || true)

@@ -18,7 +18,7 @@ cargo fmt --all -- --check
 step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "tests (unit, property, simulation: 1000 storage seeds, each run twice for determinism)"
+step "tests (unit, property, simulation: 1000 storage and 300 broker seeds, each run twice for determinism)"
 cargo test --workspace --locked
 
 step "simulator smoke through the odradek command"
@@ -26,6 +26,8 @@ cargo build --release --locked -p odradek
 bin=target/release/odradek
 "$bin" sim run --seed 42 --check-determinism --json
 "$bin" sim swarm --seeds "1000..${SWARM_SEEDS:-1500}" --check-determinism
+"$bin" sim run --seed 42 --workload broker --check-determinism --json
+"$bin" sim swarm --workload broker --seeds "1000..${BROKER_SWARM_SEEDS:-1100}" --check-determinism
 
 echo
 echo "ci/test.sh: all steps passed"

@@ -158,6 +158,15 @@ impl NetFaults {
         }
     }
 
+    /// The same delays with loss and duplication off.
+    pub fn quiet(&self) -> NetFaults {
+        NetFaults {
+            loss: 0.0,
+            duplicate: 0.0,
+            ..*self
+        }
+    }
+
     /// Draws rates for a run: each fault off half the time.
     pub fn draw<R: Random + ?Sized>(rng: &mut R) -> NetFaults {
         let lo = rng.between(10, 1000);

@@ -35,7 +35,7 @@ pub struct RunArgs {
     pub check_determinism: bool,
     /// Turn these fault kinds off whatever the seed drew (comma-separated:
     /// crash, kill, clock-jump, read-flip, latent-rot, misdirect, no-space,
-    /// sync-error, buggify). What `sim shrink` prints uses this.
+    /// sync-error, buggify, net-loss). What `sim shrink` prints uses this.
     #[arg(long, value_delimiter = ',', value_parser = parse_fault_kind)]
     pub disable: Vec<FaultKind>,
     /// End the safety phase after at most this many simulated milliseconds.
@@ -641,6 +641,7 @@ mod tests {
     #[test]
     fn workloads() {
         assert_eq!(parse_workload("storage"), Ok(Workload::Storage));
+        assert_eq!(parse_workload("broker"), Ok(Workload::Broker));
         assert!(parse_workload("nope").unwrap_err().contains("storage"));
     }
 

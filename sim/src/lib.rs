@@ -7,6 +7,7 @@
 //! `--check-determinism` verifies by running it twice and comparing trace
 //! hashes.
 
+pub mod broker;
 pub mod disk;
 pub mod net;
 pub mod rng;
@@ -21,14 +22,19 @@ pub enum Workload {
     /// One node's partition logs on a faulty simulated disk: append, sync,
     /// read, crash, recover.
     Storage,
+    /// One Kafka broker on a faulty simulated disk, and clients that create
+    /// topics, produce, fetch, list offsets and delete records over the
+    /// simulated network.
+    Broker,
 }
 
 impl Workload {
-    pub const ALL: &'static [Workload] = &[Workload::Storage];
+    pub const ALL: &'static [Workload] = &[Workload::Storage, Workload::Broker];
 
     pub fn name(self) -> &'static str {
         match self {
             Workload::Storage => "storage",
+            Workload::Broker => "broker",
         }
     }
 
@@ -86,6 +92,9 @@ pub enum FaultKind {
     NoSpace,
     SyncError,
     Buggify,
+    /// Messages between clients and nodes dropped (a client connection
+    /// resets).
+    NetLoss,
 }
 
 impl FaultKind {
@@ -99,6 +108,7 @@ impl FaultKind {
         FaultKind::NoSpace,
         FaultKind::SyncError,
         FaultKind::Buggify,
+        FaultKind::NetLoss,
     ];
 
     pub fn name(self) -> &'static str {
@@ -112,6 +122,7 @@ impl FaultKind {
             FaultKind::NoSpace => "no-space",
             FaultKind::SyncError => "sync-error",
             FaultKind::Buggify => "buggify",
+            FaultKind::NetLoss => "net-loss",
         }
     }
 
@@ -270,6 +281,7 @@ pub struct RunReport {
 pub fn run(opts: &RunOptions) -> RunReport {
     match opts.workload {
         Workload::Storage => storage::run(opts),
+        Workload::Broker => broker::run(opts),
     }
 }
 
@@ -306,7 +318,7 @@ mod tests {
         assert_eq!(
             s.options.replay_command(),
             format!(
-                "odradek sim run --seed 5 --workload storage --disable kill,clock-jump,read-flip,latent-rot,misdirect,no-space,sync-error,buggify --safety-ms {ms}"
+                "odradek sim run --seed 5 --workload storage --disable kill,clock-jump,read-flip,latent-rot,misdirect,no-space,sync-error,buggify,net-loss --safety-ms {ms}"
             )
         );
     }

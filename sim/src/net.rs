@@ -71,26 +71,32 @@ impl SimNetwork {
         self.rng.between(lo, hi.max(lo)) * 1000
     }
 
-    /// Takes a message sent at `now`.
-    pub fn submit(&mut self, now: Instant, envelope: Envelope) {
+    /// Takes a message sent at `now`. Returns when it will arrive (its
+    /// first copy), or `None` if it is dropped: a connection-oriented
+    /// driver turns a drop into a reset, as TCP gives up on a connection
+    /// rather than lose a segment.
+    pub fn submit(&mut self, now: Instant, envelope: Envelope) -> Option<Instant> {
         self.stats.sent += 1;
         let lost = self.rng.chance(self.faults.loss);
         let twice = self.rng.chance(self.faults.duplicate);
         if !self.link_up(&envelope) {
             self.stats.cut += 1;
-            return;
+            return None;
         }
         if lost {
             self.stats.lost += 1;
-            return;
+            return None;
         }
+        let mut first = None;
         if twice {
             self.stats.duplicated += 1;
             let at = now + self.delay();
             self.in_flight.schedule(at, envelope.clone());
+            first = Some(at);
         }
         let at = now + self.delay();
         self.in_flight.schedule(at, envelope);
+        Some(first.map_or(at, |f: Instant| f.min(at)))
     }
 
     /// When the next message arrives, if any is in flight.
