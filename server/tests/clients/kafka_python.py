@@ -26,6 +26,9 @@ def create_topic(name, partitions):
 def producer(**conf):
     return KafkaProducer(
         bootstrap_servers=common.BOOTSTRAP,
+        # kafka-python 3 makes an acks=all producer idempotent by default,
+        # and idempotent producers (InitProducerId) are not served yet.
+        enable_idempotence=False,
         request_timeout_ms=int(TIMEOUT * 1000 / 2),
         max_block_ms=int(TIMEOUT * 1000 / 2),
         **conf,
