@@ -40,6 +40,15 @@ impl Buggify {
         }
     }
 
+    /// An independent Buggify for a sub-component (one per partition log),
+    /// so that adding a component does not shift every other's choices.
+    pub fn child(&self, salt: u64) -> Buggify {
+        match &self.state {
+            None => Buggify::disabled(),
+            Some(st) => Buggify::seeded(st.rng ^ salt.wrapping_mul(0x2545_f491_4f6c_dd1d)),
+        }
+    }
+
     pub fn is_enabled(&self) -> bool {
         self.state.is_some()
     }

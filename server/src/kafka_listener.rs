@@ -13,7 +13,10 @@
 //! # Ordering, pipelining, backpressure
 //!
 //! A connection's requests are handled one after the other by the task that
-//! reads them, and each response is written before the next request is read.
+//! reads them (each handed to the broker thread, see
+//! [`crate::broker_thread`]), and each response is written before the next
+//! request is read — Kafka's own broker likewise mutes a connection while one
+//! of its requests is in flight.
 //! So responses leave in request order, a client may send many requests
 //! before reading (they wait in the socket buffers), and a client that stops
 //! reading stops being read from: TCP flow control is the backpressure.
@@ -33,25 +36,16 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use odradek_core::kafka::{Broker, FrameOutcome};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::{TcpListener, TcpStream};
+use odradek_core::kafka::FrameOutcome;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-/// The broker shared by every connection.
-///
-/// A mutex rather than a task owning the broker behind a channel:
-/// `handle_frame` is synchronous, bounded and cheap, so holding a
-/// `std::sync::Mutex` for one call (never across an `.await`) costs less than
-/// two channel hops and a wake-up per request, and keeps the connection's
-/// read-handle-write loop trivially ordered. When the broker grows timers
-/// (fetch long polling), a driver task will step it on deadlines through the
-/// same mutex.
-pub type SharedBroker = Arc<Mutex<Broker>>;
+use crate::broker_thread::BrokerHandle;
 
 /// Kafka's `socket.request.max.bytes` default.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 104_857_600;
@@ -128,7 +122,7 @@ impl KafkaListener {
     /// stop and recover from disk rather than keep serving from it.
     pub async fn serve(
         self,
-        broker: SharedBroker,
+        broker: BrokerHandle,
         mut shutdown: watch::Receiver<bool>,
     ) -> io::Result<()> {
         let KafkaListener { listener, config } = self;
@@ -150,7 +144,13 @@ impl KafkaListener {
                     Ok((stream, peer)) => match permits.clone().try_acquire_owned() {
                         Ok(permit) => {
                             tracing::debug!(%peer, "accepted connection");
-                            connections.spawn(connection(
+                            // Responses are coalesced by hand (see
+                            // `complete_frame_buffered`), so Nagle's delay
+                            // would only add latency to the last one.
+                            if let Err(e) = stream.set_nodelay(true) {
+                                tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+                            }
+                            connections.spawn(serve_connection(
                                 stream,
                                 peer,
                                 broker.clone(),
@@ -212,7 +212,7 @@ impl KafkaListener {
 /// [`KafkaListener::local_addr`] instead.
 pub async fn serve(
     config: ListenerConfig,
-    broker: SharedBroker,
+    broker: BrokerHandle,
     shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
     KafkaListener::bind(config)
@@ -320,21 +320,32 @@ async fn within<T>(idle: Option<Duration>, fut: impl std::future::Future<Output 
     }
 }
 
-async fn connection(
-    stream: TcpStream,
+/// Serves one client connection until it closes, goes idle, misbehaves or
+/// the listener shuts down. Generic over the stream so the same code runs
+/// on tokio's TCP and on a simulated network (the turmoil tests).
+pub async fn serve_connection<S: AsyncRead + AsyncWrite + Send + 'static>(
+    stream: S,
     peer: SocketAddr,
-    broker: SharedBroker,
+    broker: BrokerHandle,
     config: Arc<ListenerConfig>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     // Held for the connection's lifetime: dropping it frees the slot.
     _permit: OwnedSemaphorePermit,
 ) {
-    // Responses are coalesced by hand (see `complete_frame_buffered`), so
-    // Nagle's delay would only add latency to the last one.
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
-    }
-    let (read_half, write_half) = stream.into_split();
+    let conn = broker.new_connection();
+    connection(stream, peer, conn, &broker, &config, shutdown).await;
+    broker.closed(conn);
+}
+
+async fn connection<S: AsyncRead + AsyncWrite>(
+    stream: S,
+    peer: SocketAddr,
+    conn: odradek_core::kafka::ConnId,
+    broker: &BrokerHandle,
+    config: &ListenerConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (read_half, write_half) = tokio::io::split(stream);
     let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, read_half);
     let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, write_half);
     let idle = config.connections_max_idle;
@@ -379,12 +390,13 @@ async fn connection(
                 break;
             }
         };
-        let outcome = match broker.lock() {
-            Ok(mut broker) => broker.handle_frame(&frame),
-            Err(_) => {
-                // Another connection's request panicked inside the broker;
-                // the listener is already stopping because of it.
-                tracing::error!(%peer, "broker state poisoned by a panic; closing connection");
+        // No idle limit while the broker works on it: a long-poll fetch
+        // may rightly take its max_wait_ms. A shutdown stops the wait.
+        let outcome = tokio::select! {
+            biased;
+            outcome = broker.call(conn, frame) => outcome,
+            _ = stopped(&mut shutdown) => {
+                tracing::debug!(%peer, "closing connection: shutting down during a request");
                 break;
             }
         };
@@ -407,6 +419,10 @@ async fn connection(
             FrameOutcome::NoResponse => false,
             FrameOutcome::Close(reason) => {
                 tracing::warn!(%peer, %reason, "closing connection");
+                true
+            }
+            FrameOutcome::Pending => {
+                tracing::error!(%peer, "the broker thread passed on a pending outcome; closing connection");
                 true
             }
         };

@@ -1,6 +1,7 @@
 //! Odradek's production runtime: the real disk, clock and network behind the
 //! core's interfaces, and the commands of the `odradek` binary.
 
+pub mod broker_thread;
 pub mod disk;
 pub mod kafka_listener;
 pub mod net;

@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a single-node Kafka-compatible broker.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// The deterministic simulator.
     Sim {
         #[command(subcommand)]

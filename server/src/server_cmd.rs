@@ -13,28 +13,30 @@ use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use odradek_core::kafka::{Broker, BrokerConfig};
+use odradek_core::kafka::{configs, Broker, BrokerConfig};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
+use crate::broker_thread::{self, SystemClock};
+use crate::disk::FsDisk;
 use crate::kafka_listener::{
     KafkaListener, ListenerConfig, DEFAULT_CONNECTIONS_MAX_IDLE_MS, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_REQUEST_BYTES,
 };
 use crate::outln;
 
-/// Until storage is attached there is no `meta.properties` to keep a
-/// generated cluster id in, so every run reports the same one.
+/// A single node's cluster id. The data directory records it, and a
+/// directory recorded for another cluster is refused; generating ids comes
+/// with the Raft cluster (`odradek server` formatting on first start).
 const CLUSTER_ID: &str = "odradek-dev";
 
 const DEFAULT_LISTENERS: &str = "PLAINTEXT://127.0.0.1:9092";
 const DEFAULT_LOG_DIRS: &str = "./odradek-data";
 const DEFAULT_NODE_ID: i32 = 1;
 
-/// The settings understood, by their Kafka names.
+/// The server's own settings, by their Kafka names.
 pub const KEYS: &[&str] = &[
     "listeners",
     "advertised.listeners",
@@ -43,7 +45,45 @@ pub const KEYS: &[&str] = &[
     "socket.request.max.bytes",
     "connections.max.idle.ms",
     "max.connections",
+    "num.partitions",
+    "default.replication.factor",
+    "auto.create.topics.enable",
+    "log.retention.check.interval.ms",
 ];
+
+/// Coarser spellings Kafka accepts for two topic defaults, as (key, the
+/// millisecond key it stands for).
+const SCALED_KEYS: &[(&str, &str)] = &[
+    ("log.retention.hours", "log.retention.ms"),
+    ("log.retention.minutes", "log.retention.ms"),
+    ("log.roll.hours", "log.roll.ms"),
+];
+
+/// Every setting understood: the server's own, and the broker-wide defaults
+/// of topic configs (`log.retention.ms` for `retention.ms`, …).
+pub fn known_keys() -> Vec<&'static str> {
+    let mut keys: Vec<&'static str> = KEYS.to_vec();
+    for def in configs::TOPIC_CONFIGS {
+        if let Some(syn) = def.broker_synonym {
+            if !keys.contains(&syn) {
+                keys.push(syn);
+            }
+        }
+    }
+    keys.extend(SCALED_KEYS.iter().map(|(k, _)| *k));
+    keys
+}
+
+/// The topic config a broker-wide default stands for.
+fn topic_def_for(key: &str) -> Option<&'static configs::ConfigDef> {
+    let key = SCALED_KEYS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map_or(key, |(_, ms)| ms);
+    configs::TOPIC_CONFIGS
+        .iter()
+        .find(|d| d.broker_synonym == Some(key))
+}
 
 /// Values are taken as strings here and parsed in [`resolve`], so that a
 /// flag, a variable and a file line share one parser and one error format.
@@ -75,19 +115,52 @@ pub struct ServerArgs {
     /// `max.connections`: concurrent client connections [default: 10000]
     #[arg(long, value_name = "N")]
     pub max_connections: Option<String>,
+    /// `num.partitions`: partitions of auto-created topics [default: 1]
+    #[arg(long, value_name = "N")]
+    pub num_partitions: Option<String>,
+    /// `default.replication.factor` [default: 1]
+    #[arg(long, value_name = "N")]
+    pub default_replication_factor: Option<String>,
+    /// `auto.create.topics.enable` [default: true]
+    #[arg(long, value_name = "BOOL")]
+    pub auto_create_topics_enable: Option<String>,
+    /// `log.retention.ms`: default retention of topics [default: 604800000]
+    #[arg(long, value_name = "MS", allow_negative_numbers = true)]
+    pub log_retention_ms: Option<String>,
+    /// `log.segment.bytes`: default segment size [default: 1073741824]
+    #[arg(long, value_name = "BYTES")]
+    pub log_segment_bytes: Option<String>,
+    /// `message.max.bytes`: default largest batch [default: 1048588]
+    #[arg(long, value_name = "BYTES")]
+    pub message_max_bytes: Option<String>,
+    /// Any other setting, by its Kafka name (repeatable), as Kafka's
+    /// `kafka-server-start --override`.
+    #[arg(long = "override", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
 }
 
 impl ServerArgs {
-    fn flag(&self, key: &str) -> Option<&String> {
+    fn flag(&self, key: &str) -> Option<&str> {
         match key {
-            "listeners" => self.listeners.as_ref(),
-            "advertised.listeners" => self.advertised_listeners.as_ref(),
-            "node.id" => self.node_id.as_ref(),
-            "log.dirs" => self.log_dirs.as_ref(),
-            "socket.request.max.bytes" => self.socket_request_max_bytes.as_ref(),
-            "connections.max.idle.ms" => self.connections_max_idle_ms.as_ref(),
-            "max.connections" => self.max_connections.as_ref(),
-            _ => None,
+            "listeners" => self.listeners.as_deref(),
+            "advertised.listeners" => self.advertised_listeners.as_deref(),
+            "node.id" => self.node_id.as_deref(),
+            "log.dirs" => self.log_dirs.as_deref(),
+            "socket.request.max.bytes" => self.socket_request_max_bytes.as_deref(),
+            "connections.max.idle.ms" => self.connections_max_idle_ms.as_deref(),
+            "max.connections" => self.max_connections.as_deref(),
+            "num.partitions" => self.num_partitions.as_deref(),
+            "default.replication.factor" => self.default_replication_factor.as_deref(),
+            "auto.create.topics.enable" => self.auto_create_topics_enable.as_deref(),
+            "log.retention.ms" => self.log_retention_ms.as_deref(),
+            "log.segment.bytes" => self.log_segment_bytes.as_deref(),
+            "message.max.bytes" => self.message_max_bytes.as_deref(),
+            _ => self
+                .overrides
+                .iter()
+                .rev()
+                .find_map(|o| o.split_once('=').filter(|(k, _)| k.trim() == key))
+                .map(|(_, v)| v.trim()),
         }
     }
 }
@@ -163,6 +236,12 @@ pub struct ServerConfig {
     /// `None`: idle connections are never closed.
     pub connections_max_idle_ms: Option<u64>,
     pub max_connections: usize,
+    pub num_partitions: i32,
+    pub default_replication_factor: i16,
+    pub auto_create_topics: bool,
+    pub retention_check_interval_ms: u64,
+    /// Broker-wide topic defaults the operator set, by Kafka name.
+    pub topic_defaults: BTreeMap<String, String>,
 }
 
 /// Parses a properties file: `key=value` per line, surrounding whitespace
@@ -199,10 +278,22 @@ pub fn resolve(
     file: Option<(&Path, &str)>,
 ) -> Result<(ServerConfig, Vec<String>), ConfigError> {
     let mut warnings = Vec::new();
+    let keys = known_keys();
     let mut chosen: BTreeMap<&'static str, (String, Source)> = BTreeMap::new();
+    for o in &args.overrides {
+        let known = o
+            .split_once('=')
+            .and_then(|(k, _)| keys.iter().find(|known| **known == k.trim()));
+        if known.is_none() {
+            return Err(ConfigError(format!(
+                "--override {o:?}: expected KEY=VALUE with a known setting (one of: {})",
+                keys.join(", ")
+            )));
+        }
+    }
     if let Some((path, text)) = file {
         for (key, value, line) in parse_properties(text, path)? {
-            match KEYS.iter().find(|k| **k == key) {
+            match keys.iter().find(|k| **k == key) {
                 Some(known) => {
                     // A later line wins, as in Java's Properties.
                     let source = Source::File {
@@ -218,13 +309,22 @@ pub fn resolve(
             }
         }
     }
-    for key in KEYS {
+    for key in keys.iter().copied() {
         let var = env_var_name(key);
         if let Some(value) = env(&var) {
             chosen.insert(key, (value, Source::Env(var)));
         }
         if let Some(value) = args.flag(key) {
-            chosen.insert(key, (value.clone(), Source::Flag(flag_name(key))));
+            let name = if args
+                .overrides
+                .iter()
+                .any(|o| o.split_once('=').is_some_and(|(k, _)| k.trim() == key))
+            {
+                format!("--override {key}")
+            } else {
+                flag_name(key)
+            };
+            chosen.insert(key, (value.to_string(), Source::Flag(name)));
         }
     }
     let get = |key: &'static str, default: &str| -> (String, Source) {
@@ -332,6 +432,52 @@ pub fn resolve(
         }
     };
 
+    let int_in = |key: &'static str, default: &str, lo: i64, hi: i64| -> Result<i64, ConfigError> {
+        let v = get(key, default);
+        match v.0.trim().parse::<i64>() {
+            Ok(n) if (lo..=hi).contains(&n) => Ok(n),
+            _ => Err(bad(
+                key,
+                &v,
+                &format!("expected an integer from {lo} to {hi}"),
+            )),
+        }
+    };
+    let num_partitions = int_in("num.partitions", "1", 1, 10_000)? as i32;
+    let default_replication_factor = int_in("default.replication.factor", "1", 1, 1)? as i16;
+    let retention_check_interval_ms =
+        int_in("log.retention.check.interval.ms", "300000", 1, i64::MAX)? as u64;
+    let auto = get("auto.create.topics.enable", "true");
+    let auto_create_topics = match auto.0.trim() {
+        t if t.eq_ignore_ascii_case("true") => true,
+        f if f.eq_ignore_ascii_case("false") => false,
+        _ => {
+            return Err(bad(
+                "auto.create.topics.enable",
+                &auto,
+                "expected true or false",
+            ))
+        }
+    };
+    let mut topic_defaults = BTreeMap::new();
+    for (key, given) in &chosen {
+        if let Some(def) = topic_def_for(key) {
+            let scaled = SCALED_KEYS.iter().any(|(k, _)| k == key);
+            let check = if scaled {
+                given
+                    .0
+                    .trim()
+                    .parse::<i64>()
+                    .map(|_| ())
+                    .map_err(|_| "expected an integer".to_string())
+            } else {
+                configs::validate(def, given.0.trim())
+            };
+            check.map_err(|why| bad(key, given, &why))?;
+            topic_defaults.insert(key.to_string(), given.0.trim().to_string());
+        }
+    }
+
     Ok((
         ServerConfig {
             listener,
@@ -341,6 +487,11 @@ pub fn resolve(
             socket_request_max_bytes,
             connections_max_idle_ms,
             max_connections,
+            num_partitions,
+            default_replication_factor,
+            auto_create_topics,
+            retention_check_interval_ms,
+            topic_defaults,
         },
         warnings,
     ))
@@ -478,25 +629,47 @@ async fn run(config: ServerConfig) -> Result<(), String> {
     if advertised.port == 0 {
         advertised.port = bound.port();
     }
-    let broker = Broker::new(BrokerConfig {
-        node_id: config.node_id,
-        advertised_host: advertised.host.clone(),
-        advertised_port: i32::from(advertised.port),
-        cluster_id: CLUSTER_ID.to_string(),
-    });
+    let mut broker_config = BrokerConfig::new(config.node_id, "");
+    broker_config.advertised_host = advertised.host.clone();
+    broker_config.advertised_port = i32::from(advertised.port);
+    broker_config.cluster_id = CLUSTER_ID.to_string();
+    broker_config.num_partitions = config.num_partitions;
+    broker_config.default_replication_factor = config.default_replication_factor;
+    broker_config.auto_create_topics = config.auto_create_topics;
+    broker_config.retention_check_interval_ms = config.retention_check_interval_ms;
+    broker_config.settings = config.topic_defaults.clone();
+    let clock = SystemClock::new();
+    let started = std::time::Instant::now();
+    // Recovery reads and checks every partition's unflushed tail: blocking
+    // work, kept off the runtime's workers.
+    let disk = FsDisk::new(config.log_dir.clone());
+    let broker = tokio::task::spawn_blocking(move || Broker::open(disk, broker_config, &clock))
+        .await
+        .map_err(|e| format!("recovery panicked: {e}"))?
+        .map_err(|e| {
+            format!(
+                "cannot open the data directory {}: {e}",
+                config.log_dir.display()
+            )
+        })?;
+    let topics = broker.topic_names().len();
+    tracing::info!(
+        topics,
+        recovery_ms = started.elapsed().as_millis() as u64,
+        "data directory recovered"
+    );
+    let (handle, broker_thread) = broker_thread::spawn(broker, clock)
+        .map_err(|e| format!("cannot start the broker thread: {e}"))?;
 
     outln!("odradek server");
     outln!("node id: {}", config.node_id);
     outln!("listening on: PLAINTEXT://{bound}");
     outln!("advertised as: {advertised}");
     outln!("data dir: {}", config.log_dir.display());
-    tracing::warn!(
-        dir = %config.log_dir.display(),
-        "storage is not attached to the broker yet: the data directory is created but nothing is written to it"
-    );
+    outln!("topics: {topics}");
 
     let (stop, stop_rx) = watch::channel(false);
-    let serving = tokio::spawn(listener.serve(Arc::new(Mutex::new(broker)), stop_rx));
+    let serving = tokio::spawn(listener.serve(handle, stop_rx));
     tokio::pin!(serving);
     let signal_name = tokio::select! {
         _ = sigterm.recv() => "SIGTERM",
@@ -513,13 +686,23 @@ async fn run(config: ServerConfig) -> Result<(), String> {
     tracing::info!(signal = signal_name, "shutting down");
     // Fails only if the listener already ended, which the await reports.
     let _ = stop.send(true);
-    match serving.await {
-        Ok(Ok(())) => {
-            tracing::info!("stopped");
-            Ok(())
-        }
+    let served = match serving.await {
+        Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!("listener failed: {e}")),
         Err(e) => Err(format!("listener task failed: {e}")),
+    };
+    // The listener's end dropped every handle, so the broker thread syncs
+    // and closes the logs and ends.
+    let closed = tokio::task::spawn_blocking(move || broker_thread.join())
+        .await
+        .map_err(|e| format!("broker shutdown panicked: {e}"))?;
+    match (&served, closed) {
+        (_, Err(e)) => Err(format!("closing the logs failed: {e}")),
+        (Ok(()), Ok(())) => {
+            tracing::info!("stopped; all data synced");
+            Ok(())
+        }
+        (Err(e), Ok(())) => Err(e.clone()),
     }
 }
 
@@ -584,6 +767,11 @@ mod tests {
                 socket_request_max_bytes: 104_857_600,
                 connections_max_idle_ms: Some(600_000),
                 max_connections: 10_000,
+                num_partitions: 1,
+                default_replication_factor: 1,
+                auto_create_topics: true,
+                retention_check_interval_ms: 300_000,
+                topic_defaults: BTreeMap::new(),
             }
         );
     }

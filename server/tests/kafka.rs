@@ -6,7 +6,6 @@
 use std::io::{self, BufRead, Read, Write};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -15,6 +14,8 @@ use kafka_protocol::messages::{
     RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use odradek::broker_thread::{self, BrokerThread, SystemClock};
+use odradek::disk::FsDisk;
 use odradek::kafka_listener::{KafkaListener, ListenerConfig};
 use odradek_core::kafka::{Broker, BrokerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,6 +30,8 @@ struct TestBroker {
     addr: SocketAddr,
     stop: watch::Sender<bool>,
     task: JoinHandle<io::Result<()>>,
+    thread: BrokerThread,
+    _data: tempfile::TempDir,
 }
 
 impl TestBroker {
@@ -40,15 +43,24 @@ impl TestBroker {
         .await
         .unwrap();
         let addr = listener.local_addr().unwrap();
-        let broker = Broker::new(BrokerConfig {
-            node_id: 1,
-            advertised_host: "127.0.0.1".to_string(),
-            advertised_port: i32::from(addr.port()),
-            cluster_id: "odradek-test".to_string(),
-        });
+        let mut config = BrokerConfig::new(1, "");
+        config.advertised_host = "127.0.0.1".to_string();
+        config.advertised_port = i32::from(addr.port());
+        config.cluster_id = "odradek-test".to_string();
+        let clock = SystemClock::new();
+        let data = tempfile::tempdir().unwrap();
+        let disk = FsDisk::new(data.path().to_path_buf());
+        let broker = Broker::open(disk, config, &clock).unwrap();
+        let (handle, thread) = broker_thread::spawn(broker, clock).unwrap();
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(listener.serve(Arc::new(Mutex::new(broker)), stop_rx));
-        TestBroker { addr, stop, task }
+        let task = tokio::spawn(listener.serve(handle, stop_rx));
+        TestBroker {
+            addr,
+            stop,
+            task,
+            thread,
+            _data: data,
+        }
     }
 
     async fn default() -> TestBroker {
@@ -62,6 +74,11 @@ impl TestBroker {
             .expect("listener stops promptly")
             .expect("listener task did not panic")
             .expect("listener ended without error");
+        // The listener dropped its handles: the broker closes its logs.
+        tokio::task::spawn_blocking(move || self.thread.join())
+            .await
+            .unwrap()
+            .expect("the broker shut down cleanly");
     }
 }
 
@@ -463,7 +480,7 @@ fn odradek_server_serves_and_stops_cleanly_on_sigterm() {
         .unwrap();
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("shutting down"), "{stderr}");
-    assert!(stderr.contains("storage is not attached"), "{stderr}");
+    assert!(stderr.contains("all data synced"), "{stderr}");
 }
 
 #[test]

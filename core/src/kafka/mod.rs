@@ -1,62 +1,233 @@
 //! Kafka request handling, sans I/O: a frame of bytes in, a frame of bytes
-//! (or a reason to close the connection) out. The production listener in
-//! `server/` and the simulator both call [`Broker::handle_frame`], so every
-//! request a client can send is also something the simulator can send.
+//! (or a reason to close the connection, or "later") out. The production
+//! listener in `server/` and the simulator both drive [`Broker`], so every
+//! request a client can send is also something the simulator sends under
+//! faults.
 //!
 //! The codec is the `kafka-protocol` crate, generated from Kafka's message
 //! schemas. ApiVersions advertises exactly the versions in [`SUPPORTED`],
 //! each of which is handled and tested here.
 //!
-//! What is handled so far: ApiVersions and Metadata for a single broker
-//! with no topics yet (the produce and fetch path, topics and their logs
-//! come with the rest of issue 3). A request for an API key Kafka does not
-//! define, or for a version of a known API this broker does not handle,
-//! closes the connection with a logged reason, as Kafka's broker does;
-//! ApiVersions itself is answered at v0 with UNSUPPORTED_VERSION and the
-//! supported list (KIP-511), so that a newer client can fall back.
+//! # Driving the broker
+//!
+//! A driver hands each request frame to [`Broker::handle_frame`] with the
+//! connection it came from, and gets a response, nothing (acks=0), a reason
+//! to close, or [`FrameOutcome::Pending`]. After each round of frames, and
+//! whenever [`Broker::next_deadline`] passes, it calls [`Broker::poll`],
+//! which syncs what the round appended (one fsync per dirty partition for
+//! the whole round: group commit) and returns the deferred responses that
+//! are now due. A connection has at most one request in flight, as Kafka's
+//! own broker processes a connection's requests one at a time.
+//!
+//! # Durability and the high watermark
+//!
+//! A single broker is its own whole ISR, so the high watermark is what that
+//! one replica holds durably: the synced end of the log. acks=1 is answered
+//! right after the append (the leader has it, as Kafka promises); acks=-1
+//! is answered after the sync. Consumers only ever see synced records, so an
+//! offset a consumer has read can never be lost or reused after a crash.
+
+mod admin;
+pub mod configs;
+mod fetch;
+pub mod meta;
+mod offsets;
+mod produce;
+
+use std::collections::BTreeMap;
 
 use bytes::{Buf, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
-use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponseTopic};
-use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, MetadataRequest, MetadataResponse,
-    RequestHeader, ResponseHeader,
-};
+use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+use crate::buggify::Buggify;
+use crate::io::clock::{Clock, Instant};
+use crate::io::disk::{self, Disk};
+use crate::storage::log::{Log, LogError};
+
+use configs::TopicSettings;
+use meta::MetaState;
 
 /// Kafka's error codes used here.
 pub mod error {
     pub const NONE: i16 = 0;
+    pub const OFFSET_OUT_OF_RANGE: i16 = 1;
+    pub const CORRUPT_MESSAGE: i16 = 2;
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const MESSAGE_TOO_LARGE: i16 = 10;
+    pub const RECORD_LIST_TOO_LARGE: i16 = 18;
+    pub const NOT_ENOUGH_REPLICAS: i16 = 19;
+    pub const INVALID_REQUIRED_ACKS: i16 = 21;
+    pub const INVALID_TIMESTAMP: i16 = 32;
     pub const UNSUPPORTED_VERSION: i16 = 35;
+    pub const TOPIC_ALREADY_EXISTS: i16 = 36;
+    pub const INVALID_PARTITIONS: i16 = 37;
+    pub const INVALID_REPLICATION_FACTOR: i16 = 38;
+    pub const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
+    pub const INVALID_CONFIG: i16 = 40;
+    pub const INVALID_REQUEST: i16 = 42;
+    pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
+    pub const INVALID_TXN_STATE: i16 = 48;
+    pub const KAFKA_STORAGE_ERROR: i16 = 56;
+    pub const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
+    pub const FENCED_LEADER_EPOCH: i16 = 74;
+    pub const UNKNOWN_LEADER_EPOCH: i16 = 75;
+    pub const INVALID_RECORD: i16 = 87;
     pub const UNKNOWN_TOPIC_ID: i16 = 100;
 }
 
-/// The API versions this broker handles: (key, min, max).
-pub const SUPPORTED: &[(ApiKey, i16, i16)] =
-    &[(ApiKey::ApiVersions, 0, 3), (ApiKey::Metadata, 0, 12)];
+/// The API versions this broker handles: (key, min, max). The minimums are
+/// Kafka 4.0's (KIP-896 removed the older ones).
+pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 12),
+    (ApiKey::Fetch, 4, 16),
+    (ApiKey::ListOffsets, 1, 8),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::DescribeCluster, 0, 1),
+];
+
+/// A single broker's partitions are led by itself in this epoch; the Raft
+/// controller (a later issue) will bump it on leadership changes.
+pub const LEADER_EPOCH: i32 = 0;
+
+/// A ceiling on partitions per broker: each open partition holds files
+/// open, and a request for millions of partitions must be refused, not
+/// attempted until the process runs out of descriptors.
+pub const MAX_PARTITIONS: usize = 10_000;
 
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
     pub node_id: i32,
     pub advertised_host: String,
     pub advertised_port: i32,
+    pub rack: Option<String>,
     pub cluster_id: String,
+    /// Where topic metadata and partition logs live (`log.dirs`).
+    pub data_dir: String,
+    /// `num.partitions`: for auto-created topics and CreateTopics with -1.
+    pub num_partitions: i32,
+    /// `default.replication.factor`
+    pub default_replication_factor: i16,
+    /// `auto.create.topics.enable`
+    pub auto_create_topics: bool,
+    /// `log.retention.check.interval.ms`
+    pub retention_check_interval_ms: u64,
+    /// Settings the operator made, by Kafka name: topic configs default to
+    /// these (`log.retention.ms` for `retention.ms`, …), and DescribeConfigs
+    /// on the broker reports them.
+    pub settings: BTreeMap<String, String>,
 }
+
+impl BrokerConfig {
+    /// A single-node broker with Kafka's defaults.
+    pub fn new(node_id: i32, data_dir: &str) -> BrokerConfig {
+        BrokerConfig {
+            node_id,
+            advertised_host: "localhost".into(),
+            advertised_port: 9092,
+            rack: None,
+            cluster_id: "odradek-single-node".into(),
+            data_dir: data_dir.to_string(),
+            num_partitions: 1,
+            default_replication_factor: 1,
+            auto_create_topics: true,
+            retention_check_interval_ms: 300_000,
+            settings: BTreeMap::new(),
+        }
+    }
+}
+
+/// Identifies a client connection to the driver and the broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
 
 /// What to do with a request frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FrameOutcome {
     /// Send these bytes back (without the 4-byte size prefix).
     Respond(Vec<u8>),
-    /// Send nothing (a produce with acks=0, later).
+    /// Send nothing (a produce with acks=0).
     NoResponse,
     /// Close the connection; the reason is for the log.
     Close(String),
+    /// The response comes later, from [`Broker::poll`].
+    Pending,
 }
 
-pub struct Broker {
+/// A deferred response that is now due.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    pub conn: ConnId,
+    /// Never `Pending`.
+    pub outcome: FrameOutcome,
+}
+
+pub(crate) struct Partition<D: Disk> {
+    /// `None` when the log could not be opened or went offline for good:
+    /// the partition answers KAFKA_STORAGE_ERROR, as a Kafka partition in an
+    /// offline log directory does.
+    pub log: Option<Log<D>>,
+    pub problem: Option<String>,
+}
+
+impl<D: Disk> Partition<D> {
+    fn log(&self) -> Result<&Log<D>, i16> {
+        match &self.log {
+            Some(l) if !l.is_offline() => Ok(l),
+            _ => Err(error::KAFKA_STORAGE_ERROR),
+        }
+    }
+
+    fn log_mut(&mut self) -> Result<&mut Log<D>, i16> {
+        match &mut self.log {
+            Some(l) if !l.is_offline() => Ok(l),
+            _ => Err(error::KAFKA_STORAGE_ERROR),
+        }
+    }
+
+    /// The high watermark: the durable end of the only replica.
+    fn high_watermark(&self) -> Option<i64> {
+        self.log.as_ref().map(|l| l.durable_end())
+    }
+}
+
+pub(crate) struct Topic<D: Disk> {
+    pub id: u128,
+    pub settings: TopicSettings,
+    pub partitions: Vec<Partition<D>>,
+}
+
+/// The request being handled.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ctx {
+    pub conn: ConnId,
+    pub key: ApiKey,
+    pub version: i16,
+    pub correlation_id: i32,
+    pub now: Instant,
+    pub wall_ms: i64,
+}
+
+pub struct Broker<D: Disk + Clone> {
+    disk: D,
     config: BrokerConfig,
+    buggify: Buggify,
+    meta: MetaState,
+    topics: BTreeMap<String, Topic<D>>,
+    by_id: BTreeMap<u128, String>,
+    pending_produce: BTreeMap<ConnId, produce::PendingProduce>,
+    pending_fetch: BTreeMap<ConnId, fetch::PendingFetch>,
+    next_retention: Instant,
 }
 
 fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
@@ -66,13 +237,156 @@ fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
         .map(|&(_, lo, hi)| (lo, hi))
 }
 
-impl Broker {
-    pub fn new(config: BrokerConfig) -> Broker {
-        Broker { config }
+pub(crate) fn str_bytes(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+pub(crate) fn topic_name(s: &str) -> TopicName {
+    TopicName(str_bytes(s))
+}
+
+pub(crate) fn uuid(id: u128) -> uuid::Uuid {
+    uuid::Uuid::from_u128(id)
+}
+
+impl<D: Disk + Clone> Broker<D> {
+    /// Opens the broker's data directory: loads the topic metadata, finishes
+    /// any topic deletion a crash interrupted, and recovers every partition
+    /// log.
+    pub fn open(disk: D, config: BrokerConfig, clock: &dyn Clock) -> Result<Broker<D>, String> {
+        Self::open_with_buggify(disk, config, clock, Buggify::disabled())
+    }
+
+    /// As [`Broker::open`], with fault injection for the simulator.
+    pub fn open_with_buggify(
+        disk: D,
+        config: BrokerConfig,
+        clock: &dyn Clock,
+        buggify: Buggify,
+    ) -> Result<Broker<D>, String> {
+        let dir = config.data_dir.clone();
+        disk.create_dir_all(&dir)
+            .map_err(|e| format!("cannot create data directory {dir}: {e}"))?;
+        let meta = match MetaState::load(&disk, &dir)? {
+            Some(m) => {
+                if m.cluster_id != config.cluster_id {
+                    return Err(format!(
+                        "data directory {dir} belongs to cluster {:?}, but this broker is configured for cluster {:?}",
+                        m.cluster_id, config.cluster_id
+                    ));
+                }
+                m
+            }
+            None => {
+                let m = MetaState {
+                    cluster_id: config.cluster_id.clone(),
+                    ..MetaState::default()
+                };
+                m.store(&disk, &dir)
+                    .map_err(|e| format!("cannot write topic metadata in {dir}: {e}"))?;
+                m
+            }
+        };
+        let mut broker = Broker {
+            disk,
+            config,
+            buggify,
+            meta,
+            topics: BTreeMap::new(),
+            by_id: BTreeMap::new(),
+            pending_produce: BTreeMap::new(),
+            pending_fetch: BTreeMap::new(),
+            next_retention: Instant::ZERO,
+        };
+        broker.next_retention = clock
+            .now()
+            .plus_millis(broker.config.retention_check_interval_ms);
+        let deleting: Vec<String> = broker
+            .meta
+            .topics
+            .values()
+            .filter(|t| t.deleting)
+            .map(|t| t.name.clone())
+            .collect();
+        for name in deleting {
+            broker.finish_deletion(&name)?;
+        }
+        let live: Vec<meta::TopicMeta> = broker.meta.topics.values().cloned().collect();
+        for t in live {
+            let topic = broker.open_topic(&t, 0);
+            broker.by_id.insert(t.id, t.name.clone());
+            broker.topics.insert(t.name.clone(), topic);
+        }
+        Ok(broker)
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// Names of the live topics, for operators and tests.
+    pub fn topic_names(&self) -> Vec<String> {
+        self.topics.keys().cloned().collect()
+    }
+
+    fn log_buggify(&self, topic: &str, partition: i32) -> Buggify {
+        let h = crc32c::crc32c(format!("{topic}-{partition}").as_bytes());
+        self.buggify.child(u64::from(h))
+    }
+
+    /// Opens (creating if absent) partitions `from..` of a topic.
+    fn open_topic(&self, t: &meta::TopicMeta, from: i32) -> Topic<D> {
+        let settings = configs::topic_settings(&t.configs, &self.config.settings);
+        let mut partitions = Vec::new();
+        for p in from..t.partitions {
+            partitions.push(self.open_partition(&t.name, p, &settings));
+        }
+        Topic {
+            id: t.id,
+            settings,
+            partitions,
+        }
+    }
+
+    fn open_partition(&self, topic: &str, p: i32, settings: &TopicSettings) -> Partition<D> {
+        let dir = meta::partition_dir(&self.config.data_dir, topic, p);
+        match Log::open(
+            self.disk.clone(),
+            &dir,
+            settings.log.clone(),
+            self.log_buggify(topic, p),
+        ) {
+            Ok(log) => Partition {
+                log: Some(log),
+                problem: None,
+            },
+            Err(e) => Partition {
+                log: None,
+                problem: Some(format!("{dir}: {e}")),
+            },
+        }
+    }
+
+    /// Removes the files of a topic marked for deletion, then the mark.
+    fn finish_deletion(&mut self, name: &str) -> Result<(), String> {
+        let Some(t) = self.meta.topics.get(name).cloned() else {
+            return Ok(());
+        };
+        for p in 0..t.partitions {
+            let dir = meta::partition_dir(&self.config.data_dir, name, p);
+            remove_dir_files(&self.disk, &dir)
+                .map_err(|e| format!("deleting topic {name}: {dir}: {e}"))?;
+        }
+        let mut next = self.meta.clone();
+        next.topics.remove(name);
+        next.store(&self.disk, &self.config.data_dir)
+            .map_err(|e| format!("deleting topic {name}: metadata: {e}"))?;
+        self.meta = next;
+        Ok(())
     }
 
     /// Handles one request: `frame` is everything after the size prefix.
-    pub fn handle_frame(&mut self, frame: &[u8]) -> FrameOutcome {
+    pub fn handle_frame(&mut self, conn: ConnId, frame: &[u8], clock: &dyn Clock) -> FrameOutcome {
         if frame.len() < 8 {
             return FrameOutcome::Close(format!(
                 "request of {} bytes is shorter than any header",
@@ -94,7 +408,7 @@ impl Broker {
         };
         if version < lo || version > hi {
             if key == ApiKey::ApiVersions {
-                return self.respond(
+                return respond(
                     key,
                     0,
                     correlation_id,
@@ -105,46 +419,195 @@ impl Broker {
                 "{key:?} v{version} is not supported (supported: v{lo}..=v{hi}, correlation id {correlation_id})"
             ));
         }
+        if self.pending_produce.contains_key(&conn) || self.pending_fetch.contains_key(&conn) {
+            return FrameOutcome::Close(format!(
+                "{key:?} request on connection {conn:?} while its previous request is still being handled"
+            ));
+        }
         let mut buf = bytes::Bytes::copy_from_slice(frame);
-        let header = match RequestHeader::decode(&mut buf, key.request_header_version(version)) {
-            Ok(h) => h,
-            Err(e) => {
-                return FrameOutcome::Close(format!(
-                    "malformed {key:?} v{version} request header: {e}"
-                ))
-            }
+        if let Err(e) = RequestHeader::decode(&mut buf, key.request_header_version(version)) {
+            return FrameOutcome::Close(format!(
+                "malformed {key:?} v{version} request header: {e}"
+            ));
+        }
+        let ctx = Ctx {
+            conn,
+            key,
+            version,
+            correlation_id,
+            now: clock.now(),
+            wall_ms: clock.wall_ms(),
         };
-        let outcome = match key {
-            ApiKey::ApiVersions => ApiVersionsRequest::decode(&mut buf, version)
-                .map(|_| self.encode_api_versions(version, &header)),
-            ApiKey::Metadata => MetadataRequest::decode(&mut buf, version).map(|req| {
-                let resp = self.metadata(&req);
-                self.respond(key, version, header.correlation_id, &resp)
-            }),
+        macro_rules! decode {
+            ($t:ty) => {{
+                match <$t>::decode(&mut buf, version) {
+                    Err(e) => {
+                        return FrameOutcome::Close(format!(
+                            "malformed {key:?} v{version} request: {e}"
+                        ))
+                    }
+                    Ok(_) if buf.has_remaining() => {
+                        return FrameOutcome::Close(format!(
+                            "{key:?} v{version} request has {} bytes after its body",
+                            buf.remaining()
+                        ))
+                    }
+                    Ok(r) => r,
+                }
+            }};
+        }
+        match key {
+            ApiKey::ApiVersions => {
+                decode!(ApiVersionsRequest);
+                ctx.respond(&self.api_versions(error::NONE))
+            }
+            ApiKey::Metadata => {
+                let req = decode!(MetadataRequest);
+                let resp = self.metadata(&ctx, &req);
+                ctx.respond(&resp)
+            }
+            ApiKey::Produce => {
+                let req = decode!(ProduceRequest);
+                self.produce(&ctx, req)
+            }
+            ApiKey::Fetch => {
+                let req = decode!(FetchRequest);
+                self.fetch(&ctx, req)
+            }
+            ApiKey::ListOffsets => {
+                let req = decode!(ListOffsetsRequest);
+                let resp = self.list_offsets(&ctx, &req);
+                ctx.respond(&resp)
+            }
+            ApiKey::OffsetForLeaderEpoch => {
+                let req = decode!(OffsetForLeaderEpochRequest);
+                let resp = self.offset_for_leader_epoch(&req);
+                ctx.respond(&resp)
+            }
+            ApiKey::CreateTopics => {
+                let req = decode!(CreateTopicsRequest);
+                let resp = self.create_topics(&ctx, &req);
+                ctx.respond(&resp)
+            }
+            ApiKey::DeleteTopics => {
+                let req = decode!(DeleteTopicsRequest);
+                let resp = self.delete_topics(&ctx, &req);
+                ctx.respond(&resp)
+            }
+            ApiKey::CreatePartitions => {
+                let req = decode!(CreatePartitionsRequest);
+                let resp = self.create_partitions(&req);
+                ctx.respond(&resp)
+            }
+            ApiKey::DeleteRecords => {
+                let req = decode!(DeleteRecordsRequest);
+                let resp = self.delete_records(&req);
+                ctx.respond(&resp)
+            }
+            ApiKey::DescribeConfigs => {
+                let req = decode!(DescribeConfigsRequest);
+                let resp = self.describe_configs(&ctx, &req);
+                ctx.respond(&resp)
+            }
+            ApiKey::AlterConfigs => {
+                let req = decode!(AlterConfigsRequest);
+                let resp = self.alter_configs(&req);
+                ctx.respond(&resp)
+            }
+            ApiKey::IncrementalAlterConfigs => {
+                let req = decode!(IncrementalAlterConfigsRequest);
+                let resp = self.incremental_alter_configs(&req);
+                ctx.respond(&resp)
+            }
+            ApiKey::DescribeCluster => {
+                let req = decode!(DescribeClusterRequest);
+                let resp = self.describe_cluster(&req);
+                ctx.respond(&resp)
+            }
             // Every key in SUPPORTED has an arm above.
-            _ => {
-                return FrameOutcome::Close(format!(
-                    "api {key:?} is listed as supported but has no handler"
-                ))
-            }
-        };
-        match outcome {
-            Err(e) => FrameOutcome::Close(format!("malformed {key:?} v{version} request: {e}")),
-            Ok(_) if buf.has_remaining() => FrameOutcome::Close(format!(
-                "{key:?} v{version} request has {} bytes after its body",
-                buf.remaining()
+            _ => FrameOutcome::Close(format!(
+                "api {key:?} is listed as supported but has no handler"
             )),
-            Ok(o) => o,
         }
     }
 
-    fn encode_api_versions(&self, version: i16, header: &RequestHeader) -> FrameOutcome {
-        self.respond(
-            ApiKey::ApiVersions,
-            version,
-            header.correlation_id,
-            &self.api_versions(error::NONE),
-        )
+    /// Syncs what was appended since the last poll (group commit), runs
+    /// retention when due, and returns the deferred responses now due.
+    pub fn poll(&mut self, clock: &dyn Clock) -> Vec<Completion> {
+        let now = clock.now();
+        let wall_ms = clock.wall_ms();
+        self.sync_dirty();
+        if now >= self.next_retention {
+            self.next_retention = now.plus_millis(self.config.retention_check_interval_ms.max(1));
+            for t in self.topics.values_mut() {
+                for p in &mut t.partitions {
+                    if let Ok(log) = p.log_mut() {
+                        // A failure takes the log offline, which readers
+                        // and writers then see as KAFKA_STORAGE_ERROR.
+                        let _ = log.apply_retention(wall_ms);
+                    }
+                }
+            }
+        }
+        let mut done = self.release_produces();
+        done.extend(self.release_fetches(now, wall_ms));
+        done
+    }
+
+    /// The earliest time [`Broker::poll`] has something to do on its own.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let fetch = self.pending_fetch.values().map(|f| f.deadline).min();
+        let mut at = Some(self.next_retention);
+        if let Some(f) = fetch {
+            at = Some(f.min(self.next_retention));
+        }
+        if !self.pending_produce.is_empty() {
+            // Due at once: the next poll syncs and answers them.
+            at = Some(Instant::ZERO);
+        }
+        at
+    }
+
+    /// Forgets a closed connection's deferred request.
+    pub fn connection_closed(&mut self, conn: ConnId) {
+        self.pending_fetch.remove(&conn);
+        // A pending produce's data is already appended; only its answer is
+        // dropped, as Kafka drops the response to a closed connection.
+        self.pending_produce.remove(&conn);
+    }
+
+    /// A clean stop: syncs and closes every log.
+    pub fn shutdown(mut self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        for (name, t) in std::mem::take(&mut self.topics) {
+            for (i, p) in t.partitions.into_iter().enumerate() {
+                if let Some(log) = p.log {
+                    if let Err(e) = log.close() {
+                        problems.push(format!("{name}-{i}: {e}"));
+                    }
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    /// Group commit: one sync per partition with unsynced appends.
+    fn sync_dirty(&mut self) {
+        for t in self.topics.values_mut() {
+            for p in &mut t.partitions {
+                if let Ok(log) = p.log_mut() {
+                    if log.end_offset() > log.durable_end() {
+                        if let Err(e) = log.flush() {
+                            p.problem = Some(e.to_string());
+                        }
+                    }
+                }
+            }
+        }
     }
 
     fn api_versions(&self, error_code: i16) -> ApiVersionsResponse {
@@ -162,53 +625,67 @@ impl Broker {
             .with_api_keys(keys)
     }
 
-    fn metadata(&self, req: &MetadataRequest) -> MetadataResponse {
-        let broker = MetadataResponseBroker::default()
-            .with_node_id(BrokerId(self.config.node_id))
-            .with_host(StrBytes::from_string(self.config.advertised_host.clone()))
-            .with_port(self.config.advertised_port);
-        // No topics exist yet: every named topic is unknown, and "all
-        // topics" (null, or an empty list before v1) is the empty list.
-        let topics = req
-            .topics
-            .iter()
-            .flatten()
-            .map(|t| match &t.name {
-                Some(name) => MetadataResponseTopic::default()
-                    .with_name(Some(name.clone()))
-                    .with_error_code(error::UNKNOWN_TOPIC_OR_PARTITION),
-                None => MetadataResponseTopic::default()
-                    .with_topic_id(t.topic_id)
-                    .with_error_code(error::UNKNOWN_TOPIC_ID),
-            })
-            .collect();
-        MetadataResponse::default()
-            .with_brokers(vec![broker])
-            .with_cluster_id(Some(StrBytes::from_string(self.config.cluster_id.clone())))
-            .with_controller_id(BrokerId(self.config.node_id))
-            .with_topics(topics)
+    pub(crate) fn partition(&self, topic: &str, p: i32) -> Option<&Partition<D>> {
+        let t = self.topics.get(topic)?;
+        usize::try_from(p).ok().and_then(|i| t.partitions.get(i))
     }
 
-    fn respond<T: Encodable>(
-        &self,
-        key: ApiKey,
-        version: i16,
-        correlation_id: i32,
-        body: &T,
-    ) -> FrameOutcome {
-        let mut out = BytesMut::new();
-        let header = ResponseHeader::default().with_correlation_id(correlation_id);
-        let encoded = header
-            .encode(&mut out, key.response_header_version(version))
-            .and_then(|_| body.encode(&mut out, version));
-        match encoded {
-            Ok(()) => FrameOutcome::Respond(out.to_vec()),
-            // Our own response not fitting its schema is a bug, but a
-            // connection-level one: the client is told by the close.
-            Err(e) => {
-                FrameOutcome::Close(format!("cannot encode {key:?} v{version} response: {e}"))
+    pub(crate) fn partition_mut(&mut self, topic: &str, p: i32) -> Option<&mut Partition<D>> {
+        let t = self.topics.get_mut(topic)?;
+        usize::try_from(p)
+            .ok()
+            .and_then(|i| t.partitions.get_mut(i))
+    }
+}
+
+impl Ctx {
+    pub(crate) fn respond<T: Encodable>(&self, body: &T) -> FrameOutcome {
+        respond(self.key, self.version, self.correlation_id, body)
+    }
+}
+
+pub(crate) fn respond<T: Encodable>(
+    key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &T,
+) -> FrameOutcome {
+    let mut out = BytesMut::new();
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let encoded = header
+        .encode(&mut out, key.response_header_version(version))
+        .and_then(|_| body.encode(&mut out, version));
+    match encoded {
+        Ok(()) => FrameOutcome::Respond(out.to_vec()),
+        // Our own response not fitting its schema is a bug, but a
+        // connection-level one: the client is told by the close.
+        Err(e) => FrameOutcome::Close(format!("cannot encode {key:?} v{version} response: {e}")),
+    }
+}
+
+/// Kafka's error code for a storage failure seen by a client.
+pub(crate) fn log_error_code(e: &LogError) -> i16 {
+    match e {
+        LogError::InvalidBatch(_) => error::CORRUPT_MESSAGE,
+        LogError::BatchTooLarge { .. } => error::MESSAGE_TOO_LARGE,
+        LogError::OffsetOutOfRange { .. } => error::OFFSET_OUT_OF_RANGE,
+        LogError::NonContiguous { .. }
+        | LogError::Corrupt { .. }
+        | LogError::Disk(_)
+        | LogError::Offline(_) => error::KAFKA_STORAGE_ERROR,
+    }
+}
+
+fn remove_dir_files<D: Disk>(d: &D, dir: &str) -> disk::DiskResult<()> {
+    match d.list(dir) {
+        Ok(names) => {
+            for n in names {
+                d.remove(&disk::join(dir, &n))?;
             }
+            d.sync_dir(dir)
         }
+        Err(disk::DiskError::NotFound(_)) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

@@ -1,16 +1,248 @@
 use super::*;
 use bytes::Bytes;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::TopicName;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use proptest::prelude::*;
 
-fn broker() -> Broker {
-    Broker::new(BrokerConfig {
-        node_id: 7,
-        advertised_host: "broker.test".into(),
-        advertised_port: 9999,
-        cluster_id: "cluster-x".into(),
-    })
+use crate::io::clock::ManualClock;
+use crate::io::disk::mem::MemDisk;
+use crate::storage::batch::{self, BatchBuilder};
+
+const C: ConnId = ConnId(1);
+
+struct Harness {
+    disk: MemDisk,
+    clock: ManualClock,
+    broker: Broker<MemDisk>,
+    next_cid: i32,
+}
+
+fn config() -> BrokerConfig {
+    let mut c = BrokerConfig::new(7, "data");
+    c.advertised_host = "broker.test".into();
+    c.advertised_port = 9999;
+    c.cluster_id = "cluster-x".into();
+    c
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Self::with_config(config())
+    }
+
+    fn with_config(config: BrokerConfig) -> Harness {
+        let disk = MemDisk::new();
+        let clock = ManualClock {
+            now: Instant::from_millis(1),
+            wall_ms: 1_700_000_000_000,
+        };
+        let broker = Broker::open(disk.clone(), config, &clock).unwrap();
+        Harness {
+            disk,
+            clock,
+            broker,
+            next_cid: 0,
+        }
+    }
+
+    /// Drops the broker without a clean shutdown and opens it again.
+    fn restart(&mut self) {
+        let fresh = Broker::open(self.disk.clone(), config(), &self.clock).unwrap();
+        self.broker = fresh;
+    }
+
+    fn send<T: Encodable>(
+        &mut self,
+        conn: ConnId,
+        key: ApiKey,
+        version: i16,
+        body: &T,
+    ) -> FrameOutcome {
+        self.next_cid += 1;
+        let frame = request(key, version, self.next_cid, body);
+        self.broker.handle_frame(conn, &frame, &self.clock)
+    }
+
+    fn call<Req: Encodable, Resp: Decodable>(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        body: &Req,
+    ) -> Resp {
+        let out = self.send(C, key, version, body);
+        let (cid, resp) = response(key, version, out);
+        assert_eq!(cid, self.next_cid);
+        resp
+    }
+
+    fn poll(&mut self) -> Vec<Completion> {
+        self.broker.poll(&self.clock)
+    }
+
+    fn create(
+        &mut self,
+        name: &str,
+        partitions: i32,
+        configs: &[(&str, &str)],
+    ) -> CreatableTopicResult {
+        let t = CreatableTopic::default()
+            .with_name(topic_name(name))
+            .with_num_partitions(partitions)
+            .with_replication_factor(-1)
+            .with_configs(
+                configs
+                    .iter()
+                    .map(|(k, v)| {
+                        CreatableTopicConfig::default()
+                            .with_name(str_bytes(k))
+                            .with_value(Some(str_bytes(v)))
+                    })
+                    .collect(),
+            );
+        let resp: CreateTopicsResponse = self.call(
+            ApiKey::CreateTopics,
+            7,
+            &CreateTopicsRequest::default().with_topics(vec![t]),
+        );
+        resp.topics.into_iter().next().unwrap()
+    }
+
+    fn produce(&mut self, topic: &str, partition: i32, acks: i16, batch: Vec<u8>) -> FrameOutcome {
+        let req = produce_request(topic, partition, acks, batch);
+        self.send(C, ApiKey::Produce, 9, &req)
+    }
+
+    /// Produces and, for acks=-1, polls for the answer.
+    fn produce_ok(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        acks: i16,
+        batch: Vec<u8>,
+    ) -> PartitionResult {
+        let out = self.produce(topic, partition, acks, batch);
+        let out = if out == FrameOutcome::Pending {
+            let mut done = self.poll();
+            assert_eq!(done.len(), 1);
+            done.remove(0).outcome
+        } else {
+            out
+        };
+        let (_, resp): (i32, ProduceResponse) = response(ApiKey::Produce, 9, out);
+        let p = &resp.responses[0].partition_responses[0];
+        PartitionResult {
+            error: p.error_code,
+            base_offset: p.base_offset,
+            log_append_time: p.log_append_time_ms,
+            message: p.error_message.as_ref().map(|m| m.to_string()),
+        }
+    }
+
+    /// Everything from `offset` to the high watermark, fetch after fetch.
+    fn fetch_all(&mut self, topic: &str, partition: i32, mut offset: i64) -> Vec<(i64, String)> {
+        let mut out = Vec::new();
+        loop {
+            let p = self.fetch(topic, partition, offset);
+            assert_eq!(p.error_code, error::NONE);
+            let got = fetched_values(&p.records);
+            out.extend(got.iter().filter(|(o, _)| *o >= offset).cloned());
+            match out.last() {
+                Some((o, _)) if *o + 1 < p.high_watermark => offset = *o + 1,
+                _ => return out,
+            }
+        }
+    }
+
+    fn fetch(&mut self, topic: &str, partition: i32, offset: i64) -> fetch_response::PartitionData {
+        let req = fetch_request(topic, partition, offset, 0, 0);
+        let resp: FetchResponse = self.call(ApiKey::Fetch, 12, &req);
+        resp.responses[0].partitions[0].clone()
+    }
+
+    fn list_offset(&mut self, topic: &str, timestamp: i64) -> (i16, i64, i64) {
+        let req = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(topic_name(topic))
+                .with_partitions(vec![ListOffsetsPartition::default()
+                    .with_partition_index(0)
+                    .with_current_leader_epoch(-1)
+                    .with_timestamp(timestamp)])]);
+        let resp: ListOffsetsResponse = self.call(ApiKey::ListOffsets, 7, &req);
+        let p = &resp.topics[0].partitions[0];
+        (p.error_code, p.offset, p.timestamp)
+    }
+}
+
+#[derive(Debug)]
+struct PartitionResult {
+    error: i16,
+    base_offset: i64,
+    log_append_time: i64,
+    message: Option<String>,
+}
+
+fn produce_request(topic: &str, partition: i32, acks: i16, batch: Vec<u8>) -> ProduceRequest {
+    ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(30_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(topic_name(topic))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(Bytes::from(batch)))])])
+}
+
+fn fetch_request(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    max_wait_ms: i32,
+    min_bytes: i32,
+) -> FetchRequest {
+    FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(min_bytes)
+        .with_max_bytes(50 << 20)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(topic_name(topic))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(partition)
+                .with_current_leader_epoch(-1)
+                .with_fetch_offset(offset)
+                .with_log_start_offset(-1)
+                .with_partition_max_bytes(1 << 20)])])
+}
+
+fn records(n: usize, ts: i64) -> Vec<u8> {
+    let mut b = BatchBuilder::new(ts);
+    for i in 0..n {
+        let key = format!("k{i}");
+        let value = format!("value-{i}");
+        b = b.add(Some(key.as_bytes()), Some(value.as_bytes()), ts + i as i64);
+    }
+    b.build()
+}
+
+fn fetched_values(records: &Option<Bytes>) -> Vec<(i64, String)> {
+    let mut out = Vec::new();
+    let bytes = records.as_deref().unwrap_or(&[]);
+    for b in batch::Batches::new(bytes) {
+        let b = b.expect("fetched batches are valid");
+        for r in batch::decode_records(b.bytes).unwrap() {
+            out.push((
+                b.header.base_offset + r.offset_delta as i64,
+                String::from_utf8(r.value.unwrap()).unwrap(),
+            ));
+        }
+    }
+    out
 }
 
 /// A request as a client would frame it (without the size prefix).
@@ -40,16 +272,10 @@ fn response<T: Decodable>(key: ApiKey, version: i16, outcome: FrameOutcome) -> (
 
 #[test]
 fn api_versions_every_supported_version() {
+    let mut h = Harness::new();
     for v in 0..=3 {
-        let req = request(
-            ApiKey::ApiVersions,
-            v,
-            40 + v as i32,
-            &ApiVersionsRequest::default(),
-        );
-        let (cid, resp): (i32, ApiVersionsResponse) =
-            response(ApiKey::ApiVersions, v, broker().handle_frame(&req));
-        assert_eq!(cid, 40 + v as i32);
+        let resp: ApiVersionsResponse =
+            h.call(ApiKey::ApiVersions, v, &ApiVersionsRequest::default());
         assert_eq!(resp.error_code, error::NONE);
         let got: Vec<(i16, i16, i16)> = resp
             .api_keys
@@ -66,62 +292,724 @@ fn api_versions_every_supported_version() {
 
 #[test]
 fn newer_api_versions_gets_v0_unsupported_version_with_the_list() {
-    // A client newer than us sends a version we do not know how to parse.
+    let mut h = Harness::new();
     let mut req = request(ApiKey::ApiVersions, 3, 5, &ApiVersionsRequest::default());
     req[2..4].copy_from_slice(&9i16.to_be_bytes());
-    let (cid, resp): (i32, ApiVersionsResponse) =
-        response(ApiKey::ApiVersions, 0, broker().handle_frame(&req));
+    let (cid, resp): (i32, ApiVersionsResponse) = response(
+        ApiKey::ApiVersions,
+        0,
+        h.broker.handle_frame(C, &req, &h.clock),
+    );
     assert_eq!(cid, 5);
     assert_eq!(resp.error_code, error::UNSUPPORTED_VERSION);
     assert_eq!(resp.api_keys.len(), SUPPORTED.len());
 }
 
 #[test]
-fn metadata_every_supported_version() {
+fn metadata_every_supported_version_with_auto_creation() {
     for v in 0..=12 {
-        let mut b = broker();
-        // All topics: null from v1, an empty list at v0.
+        let mut h = Harness::new();
         let all = if v == 0 { Some(vec![]) } else { None };
-        let req = request(
+        let resp: MetadataResponse = h.call(
             ApiKey::Metadata,
             v,
-            1,
             &MetadataRequest::default().with_topics(all),
         );
-        let (_, resp): (i32, MetadataResponse) =
-            response(ApiKey::Metadata, v, b.handle_frame(&req));
         assert_eq!(resp.brokers.len(), 1, "v{v}");
         assert_eq!(resp.brokers[0].node_id, BrokerId(7));
         assert_eq!(&*resp.brokers[0].host, "broker.test");
         assert_eq!(resp.brokers[0].port, 9999);
         assert!(resp.topics.is_empty());
-        if v >= 1 {
-            assert_eq!(resp.controller_id, BrokerId(7), "v{v}");
-        }
         if v >= 2 {
             assert_eq!(resp.cluster_id.as_deref(), Some("cluster-x"), "v{v}");
         }
-        // Named topics do not exist yet.
-        let named = vec![MetadataRequestTopic::default()
-            .with_name(Some(TopicName(StrBytes::from_static_str("orders"))))];
-        let req = request(
-            ApiKey::Metadata,
-            v,
-            2,
-            &MetadataRequest::default().with_topics(Some(named)),
-        );
-        let (cid, resp): (i32, MetadataResponse) =
-            response(ApiKey::Metadata, v, b.handle_frame(&req));
-        assert_eq!(cid, 2);
+        // Auto-creation: implied before v4, asked for from v4.
+        let named = vec![MetadataRequestTopic::default().with_name(Some(topic_name("orders")))];
+        let req = MetadataRequest::default()
+            .with_topics(Some(named))
+            .with_allow_auto_topic_creation(true);
+        let resp: MetadataResponse = h.call(ApiKey::Metadata, v, &req);
         assert_eq!(resp.topics.len(), 1, "v{v}");
-        assert_eq!(resp.topics[0].error_code, error::UNKNOWN_TOPIC_OR_PARTITION);
-        assert_eq!(resp.topics[0].name.as_ref().map(|n| &*n.0), Some("orders"));
+        assert_eq!(resp.topics[0].error_code, error::NONE, "v{v}");
+        assert_eq!(resp.topics[0].partitions.len(), 1);
+        assert_eq!(resp.topics[0].partitions[0].leader_id, BrokerId(7));
+        assert_eq!(h.broker.topic_names(), vec!["orders".to_string()]);
     }
 }
 
 #[test]
+fn metadata_without_auto_creation_reports_unknown_topics() {
+    let mut c = config();
+    c.auto_create_topics = false;
+    let mut h = Harness::with_config(c);
+    let named = vec![
+        MetadataRequestTopic::default().with_name(Some(topic_name("nope"))),
+        MetadataRequestTopic::default().with_name(Some(topic_name("bad name"))),
+    ];
+    let req = MetadataRequest::default()
+        .with_topics(Some(named))
+        .with_allow_auto_topic_creation(true);
+    let resp: MetadataResponse = h.call(ApiKey::Metadata, 12, &req);
+    assert_eq!(resp.topics[0].error_code, error::UNKNOWN_TOPIC_OR_PARTITION);
+    assert_eq!(resp.topics[1].error_code, error::INVALID_TOPIC_EXCEPTION);
+    assert!(h.broker.topic_names().is_empty());
+}
+
+#[test]
+fn create_topics_validates_like_kafka() {
+    let mut h = Harness::new();
+    let ok = h.create("orders", 3, &[("retention.ms", "1000")]);
+    assert_eq!(ok.error_code, error::NONE);
+    assert_eq!(ok.num_partitions, 3);
+    assert_ne!(ok.topic_id, uuid::Uuid::nil());
+    let configs = ok.configs.unwrap();
+    let retention = configs.iter().find(|c| &*c.name == "retention.ms").unwrap();
+    assert_eq!(retention.value.as_deref(), Some("1000"));
+    assert_eq!(
+        retention.config_source,
+        configs::source::DYNAMIC_TOPIC_CONFIG
+    );
+    assert_eq!(
+        h.create("orders", 3, &[]).error_code,
+        error::TOPIC_ALREADY_EXISTS
+    );
+    assert_eq!(h.create("orders_", 1, &[]).error_code, error::NONE);
+    assert_eq!(
+        h.create("orders.", 1, &[]).error_code,
+        error::INVALID_TOPIC_EXCEPTION
+    );
+    assert_eq!(
+        h.create("a/b", 1, &[]).error_code,
+        error::INVALID_TOPIC_EXCEPTION
+    );
+    assert_eq!(
+        h.create("zero", 0, &[]).error_code,
+        error::INVALID_PARTITIONS
+    );
+    assert_eq!(
+        h.create("huge", 1_000_000, &[]).error_code,
+        error::INVALID_PARTITIONS
+    );
+    assert_eq!(
+        h.create("cfg", 1, &[("retention.ms", "soon")]).error_code,
+        error::INVALID_CONFIG
+    );
+    assert_eq!(
+        h.create("cfg", 1, &[("no.such", "1")]).error_code,
+        error::INVALID_CONFIG
+    );
+    let rf3 = CreatableTopic::default()
+        .with_name(topic_name("rf3"))
+        .with_num_partitions(1)
+        .with_replication_factor(3);
+    let resp: CreateTopicsResponse = h.call(
+        ApiKey::CreateTopics,
+        7,
+        &CreateTopicsRequest::default().with_topics(vec![rf3]),
+    );
+    assert_eq!(resp.topics[0].error_code, error::INVALID_REPLICATION_FACTOR);
+    // validate_only creates nothing.
+    let t = CreatableTopic::default()
+        .with_name(topic_name("dry"))
+        .with_num_partitions(2)
+        .with_replication_factor(1);
+    let resp: CreateTopicsResponse = h.call(
+        ApiKey::CreateTopics,
+        7,
+        &CreateTopicsRequest::default()
+            .with_topics(vec![t])
+            .with_validate_only(true),
+    );
+    assert_eq!(resp.topics[0].error_code, error::NONE);
+    assert_eq!(resp.topics[0].num_partitions, 2);
+    assert!(!h.broker.topic_names().contains(&"dry".to_string()));
+    // The same name twice in one request fails both.
+    let t = CreatableTopic::default()
+        .with_name(topic_name("twice"))
+        .with_num_partitions(1)
+        .with_replication_factor(1);
+    let resp: CreateTopicsResponse = h.call(
+        ApiKey::CreateTopics,
+        4,
+        &CreateTopicsRequest::default().with_topics(vec![t.clone(), t]),
+    );
+    assert!(resp
+        .topics
+        .iter()
+        .all(|t| t.error_code == error::INVALID_REQUEST));
+}
+
+#[test]
+fn produce_acks_1_then_fetch_after_the_group_commit() {
+    let mut h = Harness::new();
+    h.create("t", 1, &[]);
+    let r = h.produce_ok("t", 0, 1, records(3, 1000));
+    assert_eq!((r.error, r.base_offset), (error::NONE, 0));
+    // Not synced yet: the high watermark has not moved.
+    let p = h.fetch("t", 0, 0);
+    assert_eq!((p.error_code, p.high_watermark), (error::NONE, 0));
+    assert!(fetched_values(&p.records).is_empty());
+    assert!(h.poll().is_empty());
+    let p = h.fetch("t", 0, 0);
+    assert_eq!(p.high_watermark, 3);
+    assert_eq!(p.last_stable_offset, 3);
+    assert_eq!(p.log_start_offset, 0);
+    let got = fetched_values(&p.records);
+    assert_eq!(
+        got,
+        vec![
+            (0, "value-0".into()),
+            (1, "value-1".into()),
+            (2, "value-2".into())
+        ]
+    );
+    let r = h.produce_ok("t", 0, 1, records(2, 2000));
+    assert_eq!(r.base_offset, 3);
+    h.poll();
+    assert_eq!(fetched_values(&h.fetch("t", 0, 3).records).len(), 2);
+    // Past the log end is out of range; at the high watermark is empty.
+    assert_eq!(h.fetch("t", 0, 6).error_code, error::OFFSET_OUT_OF_RANGE);
+    assert_eq!(h.fetch("t", 0, 5).error_code, error::NONE);
+}
+
+#[test]
+fn acks_all_waits_for_the_sync() {
+    let mut h = Harness::new();
+    h.create("t", 1, &[]);
+    assert_eq!(h.produce("t", 0, -1, records(2, 1)), FrameOutcome::Pending);
+    // Another request on the same connection while one is pending is a
+    // protocol violation by the driver.
+    assert!(matches!(
+        h.produce("t", 0, -1, records(1, 1)),
+        FrameOutcome::Close(_)
+    ));
+    let done = h.poll();
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].conn, C);
+    let (_, resp): (i32, ProduceResponse) = response(ApiKey::Produce, 9, done[0].outcome.clone());
+    assert_eq!(resp.responses[0].partition_responses[0].base_offset, 0);
+    // Durable by the time it was answered.
+    assert_eq!(h.fetch("t", 0, 0).high_watermark, 2);
+}
+
+#[test]
+fn acks_0_answers_nothing_and_closes_on_error() {
+    let mut h = Harness::new();
+    h.create("t", 1, &[]);
+    assert_eq!(
+        h.produce("t", 0, 0, records(1, 1)),
+        FrameOutcome::NoResponse
+    );
+    assert!(matches!(
+        h.produce("nope", 0, 0, records(1, 1)),
+        FrameOutcome::Close(_)
+    ));
+}
+
+#[test]
+fn produce_validation_errors() {
+    let mut h = Harness::new();
+    h.create("t", 2, &[("max.message.bytes", "200")]);
+    h.create("c", 1, &[("cleanup.policy", "compact")]);
+    h.create("m", 1, &[("min.insync.replicas", "2")]);
+    let mut corrupt = records(1, 1);
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 1;
+    assert_eq!(
+        h.produce_ok("t", 0, 1, corrupt).error,
+        error::CORRUPT_MESSAGE
+    );
+    let big = BatchBuilder::new(1).add(None, Some(&[7u8; 300]), 1).build();
+    let r = h.produce_ok("t", 0, 1, big);
+    assert_eq!(r.error, error::MESSAGE_TOO_LARGE);
+    assert!(r.message.unwrap().contains("max.message.bytes"));
+    let mut offset = records(1, 1);
+    batch::set_base_offset(&mut offset, 5);
+    assert_eq!(h.produce_ok("t", 0, 1, offset).error, error::INVALID_RECORD);
+    let mut two = records(1, 1);
+    two.extend(records(1, 1));
+    assert_eq!(h.produce_ok("t", 1, 1, two).error, error::INVALID_RECORD);
+    assert_eq!(
+        h.produce_ok("t", 2, 1, records(1, 1)).error,
+        error::UNKNOWN_TOPIC_OR_PARTITION
+    );
+    assert_eq!(
+        h.produce_ok("x", 0, 1, records(1, 1)).error,
+        error::UNKNOWN_TOPIC_OR_PARTITION
+    );
+    assert_eq!(
+        h.produce_ok("t", 0, 2, records(1, 1)).error,
+        error::INVALID_REQUIRED_ACKS
+    );
+    let keyless = BatchBuilder::new(1).add(None, Some(b"v"), 1).build();
+    assert_eq!(
+        h.produce_ok("c", 0, 1, keyless).error,
+        error::INVALID_RECORD
+    );
+    assert_eq!(h.produce_ok("c", 0, 1, records(1, 1)).error, error::NONE);
+    assert_eq!(
+        h.produce_ok("m", 0, -1, records(1, 1)).error,
+        error::NOT_ENOUGH_REPLICAS
+    );
+    assert_eq!(h.produce_ok("m", 0, 1, records(1, 1)).error, error::NONE);
+    // Nothing refused was appended.
+    h.poll();
+    assert_eq!(h.fetch("t", 0, 0).high_watermark, 0);
+}
+
+#[test]
+fn log_append_time_stamps_batches() {
+    let mut h = Harness::new();
+    h.create("lat", 1, &[("message.timestamp.type", "LogAppendTime")]);
+    let r = h.produce_ok("lat", 0, 1, records(2, 5));
+    assert_eq!(r.log_append_time, h.clock.wall_ms);
+    h.poll();
+    let p = h.fetch("lat", 0, 0);
+    let bytes = p.records.unwrap();
+    let b = batch::Batches::new(&bytes).next().unwrap().unwrap();
+    assert_eq!(b.header.max_timestamp, h.clock.wall_ms);
+    assert_eq!(
+        b.header.timestamp_type(),
+        batch::TimestampType::LogAppendTime
+    );
+}
+
+#[test]
+fn long_poll_fetch_waits_for_data_or_the_deadline() {
+    let mut h = Harness::new();
+    h.create("t", 1, &[]);
+    let waiting = ConnId(2);
+    let req = fetch_request("t", 0, 0, 500, 1);
+    assert_eq!(
+        h.send(waiting, ApiKey::Fetch, 12, &req),
+        FrameOutcome::Pending
+    );
+    assert!(h.broker.next_deadline().unwrap() <= h.clock.now.plus_millis(500));
+    assert!(h.poll().is_empty());
+    h.produce_ok("t", 0, 1, records(1, 1));
+    let done = h.poll();
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].conn, waiting);
+    let (_, resp): (i32, FetchResponse) = response(ApiKey::Fetch, 12, done[0].outcome.clone());
+    assert_eq!(
+        fetched_values(&resp.responses[0].partitions[0].records).len(),
+        1
+    );
+    // With nothing new, the deadline answers with nothing.
+    let req = fetch_request("t", 0, 1, 500, 1);
+    assert_eq!(
+        h.send(waiting, ApiKey::Fetch, 12, &req),
+        FrameOutcome::Pending
+    );
+    h.clock.advance_millis(499);
+    assert!(h.poll().is_empty());
+    h.clock.advance_millis(1);
+    let done = h.poll();
+    assert_eq!(done.len(), 1);
+    let (_, resp): (i32, FetchResponse) = response(ApiKey::Fetch, 12, done[0].outcome.clone());
+    assert!(fetched_values(&resp.responses[0].partitions[0].records).is_empty());
+    // A closed connection's fetch is forgotten.
+    assert_eq!(
+        h.send(waiting, ApiKey::Fetch, 12, &req),
+        FrameOutcome::Pending
+    );
+    h.broker.connection_closed(waiting);
+    h.clock.advance_millis(1000);
+    assert!(h.poll().is_empty());
+}
+
+#[test]
+fn fetch_limits_return_at_least_one_batch() {
+    let mut h = Harness::new();
+    h.create("t", 1, &[]);
+    for i in 0..5 {
+        h.produce_ok("t", 0, 1, records(10, i));
+    }
+    h.poll();
+    let mut req = fetch_request("t", 0, 0, 0, 0);
+    req.topics[0].partitions[0].partition_max_bytes = 1;
+    let resp: FetchResponse = h.call(ApiKey::Fetch, 12, &req);
+    assert_eq!(
+        fetched_values(&resp.responses[0].partitions[0].records).len(),
+        10
+    );
+    // Mid-batch offsets return the whole batch holding them.
+    let p = h.fetch("t", 0, 15);
+    assert_eq!(fetched_values(&p.records)[0].0, 10);
+}
+
+#[test]
+fn list_offsets_and_delete_records() {
+    let mut h = Harness::new();
+    h.create("t", 1, &[]);
+    h.produce_ok("t", 0, 1, records(3, 100));
+    h.produce_ok("t", 0, 1, records(3, 200));
+    // Unsynced data is not listed.
+    assert_eq!(h.list_offset("t", offsets::LATEST), (error::NONE, 0, -1));
+    h.poll();
+    assert_eq!(h.list_offset("t", offsets::EARLIEST), (error::NONE, 0, -1));
+    assert_eq!(h.list_offset("t", offsets::LATEST), (error::NONE, 6, -1));
+    assert_eq!(h.list_offset("t", 101), (error::NONE, 1, 101));
+    assert_eq!(h.list_offset("t", 150), (error::NONE, 3, 200));
+    assert_eq!(h.list_offset("t", 1000), (error::NONE, -1, -1));
+    assert_eq!(
+        h.list_offset("t", offsets::MAX_TIMESTAMP),
+        (error::NONE, 5, 202)
+    );
+    let req = DeleteRecordsRequest::default().with_topics(vec![
+        delete_records_request::DeleteRecordsTopic::default()
+            .with_name(topic_name("t"))
+            .with_partitions(vec![
+                delete_records_request::DeleteRecordsPartition::default()
+                    .with_partition_index(0)
+                    .with_offset(4),
+            ]),
+    ]);
+    let resp: DeleteRecordsResponse = h.call(ApiKey::DeleteRecords, 2, &req);
+    assert_eq!(resp.topics[0].partitions[0].low_watermark, 4);
+    assert_eq!(h.list_offset("t", offsets::EARLIEST), (error::NONE, 4, -1));
+    assert_eq!(h.fetch("t", 0, 2).error_code, error::OFFSET_OUT_OF_RANGE);
+    let mut too_far = req.clone();
+    too_far.topics[0].partitions[0].offset = 7;
+    let resp: DeleteRecordsResponse = h.call(ApiKey::DeleteRecords, 2, &too_far);
+    assert_eq!(
+        resp.topics[0].partitions[0].error_code,
+        error::OFFSET_OUT_OF_RANGE
+    );
+}
+
+#[test]
+fn configs_describe_alter_and_incremental() {
+    let mut c = config();
+    c.settings.insert("log.retention.hours".into(), "24".into());
+    let mut h = Harness::with_config(c);
+    h.create("t", 1, &[("segment.bytes", "100000")]);
+    let describe = |h: &mut Harness| -> BTreeMap<String, (String, i8)> {
+        let req = DescribeConfigsRequest::default()
+            .with_include_synonyms(true)
+            .with_resources(vec![
+                describe_configs_request::DescribeConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(str_bytes("t")),
+            ]);
+        let resp: DescribeConfigsResponse = h.call(ApiKey::DescribeConfigs, 4, &req);
+        assert_eq!(resp.results[0].error_code, error::NONE);
+        resp.results[0]
+            .configs
+            .iter()
+            .map(|c| {
+                (
+                    c.name.to_string(),
+                    (c.value.as_ref().unwrap().to_string(), c.config_source),
+                )
+            })
+            .collect()
+    };
+    let d = describe(&mut h);
+    assert_eq!(
+        d["segment.bytes"],
+        ("100000".into(), configs::source::DYNAMIC_TOPIC_CONFIG)
+    );
+    assert_eq!(
+        d["retention.ms"],
+        ("86400000".into(), configs::source::STATIC_BROKER_CONFIG)
+    );
+    assert_eq!(
+        d["cleanup.policy"],
+        ("delete".into(), configs::source::DEFAULT_CONFIG)
+    );
+    // Incremental: set one, append to a list, leave the rest.
+    let req = IncrementalAlterConfigsRequest::default().with_resources(vec![
+        incremental_alter_configs_request::AlterConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(str_bytes("t"))
+            .with_configs(vec![
+                incremental_alter_configs_request::AlterableConfig::default()
+                    .with_name(str_bytes("retention.ms"))
+                    .with_config_operation(0)
+                    .with_value(Some(str_bytes("5000"))),
+                incremental_alter_configs_request::AlterableConfig::default()
+                    .with_name(str_bytes("cleanup.policy"))
+                    .with_config_operation(2)
+                    .with_value(Some(str_bytes("compact"))),
+            ]),
+    ]);
+    let resp: IncrementalAlterConfigsResponse = h.call(ApiKey::IncrementalAlterConfigs, 1, &req);
+    assert_eq!(
+        resp.responses[0].error_code,
+        error::NONE,
+        "{:?}",
+        resp.responses[0].error_message
+    );
+    let d = describe(&mut h);
+    assert_eq!(d["retention.ms"].0, "5000");
+    assert_eq!(d["cleanup.policy"].0, "delete,compact");
+    assert_eq!(d["segment.bytes"].0, "100000");
+    // Legacy AlterConfigs replaces the whole set.
+    let req = AlterConfigsRequest::default().with_resources(vec![
+        alter_configs_request::AlterConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(str_bytes("t"))
+            .with_configs(vec![alter_configs_request::AlterableConfig::default()
+                .with_name(str_bytes("max.message.bytes"))
+                .with_value(Some(str_bytes("2000")))]),
+    ]);
+    let resp: AlterConfigsResponse = h.call(ApiKey::AlterConfigs, 2, &req);
+    assert_eq!(resp.responses[0].error_code, error::NONE);
+    let d = describe(&mut h);
+    assert_eq!(d["segment.bytes"].1, configs::source::DEFAULT_CONFIG);
+    assert_eq!(d["max.message.bytes"].0, "2000");
+    // Bad values and unknown topics are refused, and change nothing.
+    let mut bad = req.clone();
+    bad.resources[0].configs[0].value = Some(str_bytes("-5"));
+    let resp: AlterConfigsResponse = h.call(ApiKey::AlterConfigs, 2, &bad);
+    assert_eq!(resp.responses[0].error_code, error::INVALID_CONFIG);
+    bad.resources[0].resource_name = str_bytes("nope");
+    let resp: AlterConfigsResponse = h.call(ApiKey::AlterConfigs, 2, &bad);
+    assert_eq!(
+        resp.responses[0].error_code,
+        error::UNKNOWN_TOPIC_OR_PARTITION
+    );
+    assert_eq!(describe(&mut h)["max.message.bytes"].0, "2000");
+    // Configs survive a restart.
+    h.restart();
+    assert_eq!(describe(&mut h)["max.message.bytes"].0, "2000");
+}
+
+#[test]
+fn delete_topics_and_create_partitions() {
+    let mut h = Harness::new();
+    h.create("t", 1, &[]);
+    h.produce_ok("t", 0, -1, records(2, 1));
+    let grow = |h: &mut Harness, count: i32| -> i16 {
+        let req = CreatePartitionsRequest::default().with_topics(vec![
+            create_partitions_request::CreatePartitionsTopic::default()
+                .with_name(topic_name("t"))
+                .with_count(count),
+        ]);
+        let resp: CreatePartitionsResponse = h.call(ApiKey::CreatePartitions, 3, &req);
+        resp.results[0].error_code
+    };
+    assert_eq!(grow(&mut h, 1), error::INVALID_PARTITIONS);
+    assert_eq!(grow(&mut h, 3), error::NONE);
+    assert_eq!(h.produce_ok("t", 2, 1, records(1, 1)).error, error::NONE);
+    h.restart();
+    assert_eq!(h.fetch("t", 0, 0).high_watermark, 2);
+    assert_eq!(h.fetch("t", 2, 0).error_code, error::NONE);
+    let req =
+        DeleteTopicsRequest::default().with_topic_names(vec![topic_name("t"), topic_name("nope")]);
+    let resp: DeleteTopicsResponse = h.call(ApiKey::DeleteTopics, 5, &req);
+    assert_eq!(resp.responses[0].error_code, error::NONE);
+    assert_eq!(
+        resp.responses[1].error_code,
+        error::UNKNOWN_TOPIC_OR_PARTITION
+    );
+    assert!(h.broker.topic_names().is_empty());
+    h.restart();
+    assert!(h.broker.topic_names().is_empty());
+    // A topic created again under the same name starts empty, with a new id.
+    h.create("t", 1, &[]);
+    assert_eq!(h.fetch("t", 0, 0).high_watermark, 0);
+}
+
+#[test]
+fn acknowledged_records_survive_a_restart() {
+    let mut h = Harness::new();
+    h.create("t", 2, &[]);
+    for i in 0..20 {
+        // Old timestamps: each batch rolls a segment (segment.ms), so the
+        // data spans many files.
+        assert_eq!(
+            h.produce_ok("t", i % 2, -1, records(3, i as i64)).error,
+            error::NONE
+        );
+    }
+    h.restart();
+    for p in 0..2 {
+        assert_eq!(h.fetch("t", p, 0).high_watermark, 30);
+        let values = h.fetch_all("t", p, 0);
+        assert_eq!(values.len(), 30);
+        assert!(
+            values.iter().enumerate().all(|(i, (o, _))| *o == i as i64),
+            "dense offsets"
+        );
+    }
+}
+
+/// Every version of every API, with a request that exercises its usual
+/// fields: answered, never closed (a field our response sets that the
+/// version cannot carry would close the connection).
+#[test]
+fn every_supported_version_of_every_api_is_answered() {
+    let mut h = Harness::new();
+    h.create("t", 1, &[]);
+    h.produce_ok("t", 0, -1, records(3, 1));
+    for &(key, lo, hi) in SUPPORTED {
+        for v in lo..=hi {
+            let frame_outcome = match key {
+                ApiKey::Produce => h.send(C, key, v, &produce_request("t", 0, 1, records(1, 1))),
+                ApiKey::Fetch => {
+                    let mut req = fetch_request("t", 0, 0, 0, 0);
+                    if v >= 13 {
+                        req.topics[0].topic_id = uuid(h.broker.topics["t"].id);
+                    }
+                    h.send(C, key, v, &req)
+                }
+                ApiKey::ListOffsets => {
+                    let mut out = None;
+                    for ts in [offsets::EARLIEST, offsets::LATEST, 1] {
+                        let req = ListOffsetsRequest::default().with_topics(vec![
+                            ListOffsetsTopic::default()
+                                .with_name(topic_name("t"))
+                                .with_partitions(vec![
+                                    ListOffsetsPartition::default().with_timestamp(ts)
+                                ]),
+                        ]);
+                        let o = h.send(C, key, v, &req);
+                        assert!(
+                            matches!(o, FrameOutcome::Respond(_)),
+                            "{key:?} v{v} ts {ts}: {o:?}"
+                        );
+                        out = Some(o);
+                    }
+                    out.unwrap()
+                }
+                ApiKey::Metadata => {
+                    h.send(C, key, v, &MetadataRequest::default().with_topics(None))
+                }
+                ApiKey::OffsetForLeaderEpoch => {
+                    let req = OffsetForLeaderEpochRequest::default().with_topics(vec![
+                        offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                            .with_topic(topic_name("t"))
+                            .with_partitions(vec![
+                                offset_for_leader_epoch_request::OffsetForLeaderPartition::default(
+                                ),
+                            ]),
+                    ]);
+                    h.send(C, key, v, &req)
+                }
+                ApiKey::ApiVersions => h.send(C, key, v, &ApiVersionsRequest::default()),
+                ApiKey::CreateTopics => {
+                    let t = CreatableTopic::default()
+                        .with_name(topic_name(&format!("c{v}")))
+                        .with_num_partitions(1)
+                        .with_replication_factor(1);
+                    h.send(
+                        C,
+                        key,
+                        v,
+                        &CreateTopicsRequest::default().with_topics(vec![t]),
+                    )
+                }
+                ApiKey::DeleteTopics => {
+                    h.create(&format!("d{v}"), 1, &[]);
+                    let mut req = DeleteTopicsRequest::default();
+                    if v >= 6 {
+                        req.topics = vec![delete_topics_request::DeleteTopicState::default()
+                            .with_name(Some(topic_name(&format!("d{v}"))))];
+                    } else {
+                        req.topic_names = vec![topic_name(&format!("d{v}"))];
+                    }
+                    h.send(C, key, v, &req)
+                }
+                ApiKey::DeleteRecords => {
+                    let req = DeleteRecordsRequest::default().with_topics(vec![
+                        delete_records_request::DeleteRecordsTopic::default()
+                            .with_name(topic_name("t"))
+                            .with_partitions(vec![
+                                delete_records_request::DeleteRecordsPartition::default(),
+                            ]),
+                    ]);
+                    h.send(C, key, v, &req)
+                }
+                ApiKey::DescribeConfigs => {
+                    let req = DescribeConfigsRequest::default().with_resources(vec![
+                        describe_configs_request::DescribeConfigsResource::default()
+                            .with_resource_type(2)
+                            .with_resource_name(str_bytes("t")),
+                        describe_configs_request::DescribeConfigsResource::default()
+                            .with_resource_type(4)
+                            .with_resource_name(str_bytes("7")),
+                    ]);
+                    h.send(C, key, v, &req)
+                }
+                ApiKey::AlterConfigs => {
+                    let req = AlterConfigsRequest::default().with_resources(vec![
+                        alter_configs_request::AlterConfigsResource::default()
+                            .with_resource_type(2)
+                            .with_resource_name(str_bytes("t")),
+                    ]);
+                    h.send(C, key, v, &req)
+                }
+                ApiKey::IncrementalAlterConfigs => {
+                    let req = IncrementalAlterConfigsRequest::default().with_resources(vec![
+                        incremental_alter_configs_request::AlterConfigsResource::default()
+                            .with_resource_type(2)
+                            .with_resource_name(str_bytes("t")),
+                    ]);
+                    h.send(C, key, v, &req)
+                }
+                ApiKey::CreatePartitions => {
+                    let req = CreatePartitionsRequest::default().with_topics(vec![
+                        create_partitions_request::CreatePartitionsTopic::default()
+                            .with_name(topic_name("t"))
+                            .with_count(2 + v as i32),
+                    ]);
+                    h.send(C, key, v, &req)
+                }
+                ApiKey::DescribeCluster => h.send(C, key, v, &DescribeClusterRequest::default()),
+                other => panic!("{other:?} is supported but not covered by this test"),
+            };
+            assert!(
+                matches!(frame_outcome, FrameOutcome::Respond(_)),
+                "{key:?} v{v}: {frame_outcome:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn describe_cluster_and_offset_for_leader_epoch() {
+    let mut h = Harness::new();
+    let resp: DescribeClusterResponse = h.call(
+        ApiKey::DescribeCluster,
+        1,
+        &DescribeClusterRequest::default(),
+    );
+    assert_eq!(&*resp.cluster_id, "cluster-x");
+    assert_eq!(resp.brokers[0].broker_id, BrokerId(7));
+    h.create("t", 1, &[]);
+    h.produce_ok("t", 0, -1, records(4, 1));
+    let req = OffsetForLeaderEpochRequest::default().with_topics(vec![
+        offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+            .with_topic(topic_name("t"))
+            .with_partitions(vec![
+                offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
+                    .with_partition(0)
+                    .with_current_leader_epoch(-1)
+                    .with_leader_epoch(0),
+            ]),
+    ]);
+    let resp: OffsetForLeaderEpochResponse = h.call(ApiKey::OffsetForLeaderEpoch, 4, &req);
+    let p = &resp.topics[0].partitions[0];
+    assert_eq!(
+        (p.error_code, p.leader_epoch, p.end_offset),
+        (error::NONE, 0, 4)
+    );
+}
+
+#[test]
+fn a_data_directory_from_another_cluster_is_refused() {
+    let h = Harness::new();
+    let mut other = config();
+    other.cluster_id = "someone-else".into();
+    let err = Broker::open(h.disk.clone(), other, &h.clock).err().unwrap();
+    assert!(err.contains("belongs to cluster"), "{err}");
+}
+
+#[test]
 fn bad_requests_close_the_connection_with_a_reason() {
-    let mut b = broker();
+    let mut h = Harness::new();
     let ok = request(ApiKey::ApiVersions, 3, 1, &ApiVersionsRequest::default());
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("empty", vec![]),
@@ -133,7 +1021,7 @@ fn bad_requests_close_the_connection_with_a_reason() {
         }),
         ("api not handled", {
             let mut r = ok.clone();
-            r[0..2].copy_from_slice(&(ApiKey::Produce as i16).to_be_bytes());
+            r[0..2].copy_from_slice(&(ApiKey::JoinGroup as i16).to_be_bytes());
             r
         }),
         ("metadata version too new", {
@@ -149,23 +1037,29 @@ fn bad_requests_close_the_connection_with_a_reason() {
         }),
     ];
     for (what, frame) in cases {
-        match b.handle_frame(&frame) {
+        match h.broker.handle_frame(C, &frame, &h.clock) {
             FrameOutcome::Close(reason) => assert!(!reason.is_empty(), "{what}"),
             other => panic!("{what}: expected a close, got {other:?}"),
         }
     }
-    // The broker is unharmed.
-    assert!(matches!(b.handle_frame(&ok), FrameOutcome::Respond(_)));
+    assert!(matches!(
+        h.broker.handle_frame(C, &ok, &h.clock),
+        FrameOutcome::Respond(_)
+    ));
 }
 
 proptest! {
-    /// Any bytes at all: a response or a close, never a panic.
+    /// Any bytes at all, for any API: a response, a deferral or a close,
+    /// never a panic.
     #[test]
-    fn prop_arbitrary_frames_never_panic(mut frame in proptest::collection::vec(any::<u8>(), 0..200), key in 0i16..80, version in -1i16..15) {
+    fn prop_arbitrary_frames_never_panic(mut frame in proptest::collection::vec(any::<u8>(), 0..300), key in 0i16..80, version in -1i16..18) {
+        let mut h = Harness::new();
+        h.create("t", 1, &[]);
         if frame.len() >= 4 {
             frame[0..2].copy_from_slice(&key.to_be_bytes());
             frame[2..4].copy_from_slice(&version.to_be_bytes());
         }
-        let _ = broker().handle_frame(&frame);
+        let _ = h.broker.handle_frame(ConnId(9), &frame, &h.clock);
+        let _ = h.poll();
     }
 }

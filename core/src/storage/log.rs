@@ -1249,6 +1249,45 @@ impl<D: Disk> Log<D> {
         Ok(Some((bytes, batches)))
     }
 
+    /// Kafka's ListOffsets MAX_TIMESTAMP (KIP-734): the first record with
+    /// the largest timestamp among offsets below `upper`, and that
+    /// timestamp. Only segments that could beat the best so far are read.
+    pub fn max_timestamp_below(&self, upper: i64) -> Result<Option<(i64, i64)>, LogError> {
+        self.check_online()?;
+        let mut best: Option<(i64, i64)> = None;
+        for seg in self.segments.values() {
+            if seg.base_offset >= upper || best.is_some_and(|(_, t)| seg.max_timestamp <= t) {
+                continue;
+            }
+            let mut offset = seg.base_offset.max(self.log_start_offset);
+            while offset < seg.next_offset.min(upper) {
+                let r = self.read_bounded(offset, 1 << 16, upper)?;
+                let Some(last) = r.batches.last() else { break };
+                let mut pos = 0;
+                for h in &r.batches {
+                    let bytes = &r.bytes[pos..pos + h.total_size()];
+                    pos += h.total_size();
+                    if h.last_offset() < self.log_start_offset
+                        || best.is_some_and(|(_, t)| h.max_timestamp <= t)
+                    {
+                        continue;
+                    }
+                    best =
+                        first_record_at_or_after(bytes, h, h.max_timestamp, self.log_start_offset)
+                            .or(best);
+                }
+                offset = last.next_offset();
+            }
+        }
+        Ok(best)
+    }
+
+    /// Changes the configuration of an open log (AlterConfigs): limits take
+    /// effect from the next append, retention from its next run.
+    pub fn set_config(&mut self, config: LogConfig) {
+        self.config = config;
+    }
+
     /// Kafka's ListOffsets by timestamp: the earliest offset whose record
     /// timestamp is at least `ts`, with that timestamp; `None` if every
     /// record is older.
