@@ -209,6 +209,10 @@ fn run_script(python: &Path, broker: &mut Broker, logs: &Path, script: &str, arg
         .args(args)
         // Nothing written into the source tree.
         .env("PYTHONDONTWRITEBYTECODE", "1")
+        // Each client call's bound: everything takes milliseconds against a
+        // healthy broker, and a broken one should fail the script well
+        // inside SCRIPT_TIMEOUT, so that every failure in it is reported.
+        .env("ODRADEK_CLIENT_TIMEOUT", "10")
         .env("PYTHONUNBUFFERED", "1")
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
@@ -226,13 +230,16 @@ fn run_script(python: &Path, broker: &mut Broker, logs: &Path, script: &str, arg
         .read_to_string(&mut printed)
         .unwrap();
     let what = format!("{script} {}", args.join(" "));
-    println!(
-        "{what} ({:.1}s):\n{printed}",
-        started.elapsed().as_secs_f64()
-    );
+    let took = started.elapsed().as_secs_f64();
     match status {
-        Some(s) if s.success() => broker.assert_alive(&what),
-        Some(s) => panic!("{what} failed ({s}):\n{printed}\n{}", broker.output()),
+        Some(s) if s.success() => {
+            println!("{what} ({took:.1}s):\n{printed}");
+            broker.assert_alive(&what)
+        }
+        Some(s) => panic!(
+            "{what} failed ({s}, after {took:.1}s):\n{printed}\n{}",
+            broker.output()
+        ),
         None => panic!(
             "{what} still running after {SCRIPT_TIMEOUT:?}:\n{printed}\n{}",
             broker.output()

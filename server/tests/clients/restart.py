@@ -16,7 +16,8 @@ import time
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-TIMEOUT = 30
+from common import TIMEOUT
+
 PARTITIONS = 3
 RECORDS = 3000
 
@@ -39,7 +40,7 @@ def produce(bootstrap, topic, records, codec):
             "acks": "all",
             "compression.type": codec,
             "linger.ms": 2,
-            "message.timeout.ms": TIMEOUT * 1000,
+            "message.timeout.ms": int(TIMEOUT * 1000),
         }
     )
     acked, errors = [], []
