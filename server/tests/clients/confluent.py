@@ -14,6 +14,7 @@ from confluent_kafka import (
     OFFSET_BEGINNING,
     OFFSET_END,
     TIMESTAMP_CREATE_TIME,
+    TIMESTAMP_LOG_APPEND_TIME,
     Consumer,
     KafkaError,
     KafkaException,
@@ -268,6 +269,18 @@ class Admin(unittest.TestCase):
         exc = fs[name].exception(timeout=TIMEOUT)
         self.assertEqual(error_code(exc), KafkaError.INVALID_REPLICATION_FACTOR, exc)
 
+    def test_consumer_metadata_does_not_create_topics(self):
+        # Consumers ask with allow_auto_topic_creation=false.
+        name = unique("nocreate")
+        c = consumer()
+        try:
+            md = c.list_topics(topic=name, timeout=TIMEOUT).topics[name]
+        finally:
+            c.close()
+        self.assertIsNotNone(md.error)
+        self.assertEqual(md.error.code(), KafkaError.UNKNOWN_TOPIC_OR_PART, md.error)
+        self.assertNotIn(name, topic_names(admin()))
+
     def test_describe_configs_has_the_kafka_topic_defaults(self):
         name = create_topic(unique("describe"))
         configs = describe_topic_configs(admin(), name)
@@ -460,6 +473,33 @@ class Produce(unittest.TestCase):
         p.produce(name, partition=0, value=os.urandom(1200000), on_delivery=lambda err, msg: errors.append(err))
         self.assertEqual(p.flush(TIMEOUT), 0)
         self.assertEqual([e and e.code() for e in errors], [KafkaError.MSG_SIZE_TOO_LARGE], errors)
+
+    def test_log_append_time_replaces_the_producer_timestamp(self):
+        name = create_topic(unique("logappend"), config={"message.timestamp.type": "LogAppendTime"})
+        before = int(time.time() * 1000)
+        old = before - 3 * 24 * 3600 * 1000
+        records = [(0, b"k%d" % i, b"v%d" % i, None, old + i) for i in range(20)]
+        produce_and_check(producer(acks="all", **{"compression.type": "lz4"}), name, records)
+        after = int(time.time() * 1000)
+        got = consume(name, 0, 0, 20)
+        assert_same([r[:4] + (None,) for r in records], got, "LogAppendTime")
+        for m in got:
+            kind, ts = m.timestamp()
+            self.assertEqual(kind, TIMESTAMP_LOG_APPEND_TIME, "offset %d" % m.offset())
+            self.assertTrue(before - 1000 <= ts <= after + 1000, "offset %d: timestamp %d is not the append time (%d..%d)" % (m.offset(), ts, before, after))
+
+    def test_timestamp_too_far_in_the_past_is_invalid(self):
+        name = create_topic(unique("oldts"), config={"message.timestamp.before.max.ms": "3600000"})
+        p = producer(acks="1")
+        errors = []
+        two_hours_ago = int(time.time() * 1000) - 2 * 3600 * 1000
+        p.produce(name, partition=0, value=b"stale", timestamp=two_hours_ago, on_delivery=lambda err, msg: errors.append(err))
+        self.assertEqual(p.flush(TIMEOUT), 0)
+        self.assertEqual(len(errors), 1)
+        self.assertIsNotNone(errors[0], "a record two hours old accepted under message.timestamp.before.max.ms=1h")
+        self.assertEqual(errors[0].code(), KafkaError.INVALID_TIMESTAMP, errors[0])
+        delivered = produce_and_check(p, name, [(0, None, b"fresh", None, None)])
+        self.assertEqual(delivered[0].offset(), 0)
 
     def test_unknown_partition_is_refused(self):
         name = create_topic(unique("nopart"), partitions=1)
