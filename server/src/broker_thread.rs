@@ -79,9 +79,34 @@ pub struct BrokerHandle {
 /// result.
 pub struct BrokerThread {
     join: JoinHandle<Result<(), String>>,
+    ended: Option<oneshot::Receiver<()>>,
+}
+
+/// Fires when the thread ends, however it ends (a panic included).
+struct EndSignal(Option<oneshot::Sender<()>>);
+
+impl Drop for EndSignal {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
 }
 
 impl BrokerThread {
+    /// Resolves when the broker thread has ended. Before shutdown that means
+    /// it died (a panic): its state may be half-updated, so the server
+    /// should stop and let recovery vouch for the data on the next start.
+    pub async fn ended(&mut self) {
+        match &mut self.ended {
+            Some(rx) => {
+                let _ = rx.await;
+                self.ended = None;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
     pub fn join(self) -> Result<(), String> {
         match self.join.join() {
             Ok(r) => r,
@@ -99,15 +124,22 @@ where
     D::File: Send,
 {
     let (tx, rx) = mpsc::channel();
+    let (end_tx, end_rx) = oneshot::channel();
     let join = std::thread::Builder::new()
         .name("odradek-broker".into())
-        .spawn(move || run(broker, clock, rx))?;
+        .spawn(move || {
+            let _signal = EndSignal(Some(end_tx));
+            run(broker, clock, rx)
+        })?;
     Ok((
         BrokerHandle {
             tx,
             next_conn: std::sync::Arc::new(AtomicU64::new(1)),
         },
-        BrokerThread { join },
+        BrokerThread {
+            join,
+            ended: Some(end_rx),
+        },
     ))
 }
 

@@ -658,7 +658,7 @@ async fn run(config: ServerConfig) -> Result<(), String> {
         recovery_ms = started.elapsed().as_millis() as u64,
         "data directory recovered"
     );
-    let (handle, broker_thread) = broker_thread::spawn(broker, clock)
+    let (handle, mut broker_thread) = broker_thread::spawn(broker, clock)
         .map_err(|e| format!("cannot start the broker thread: {e}"))?;
 
     outln!("odradek server");
@@ -674,6 +674,18 @@ async fn run(config: ServerConfig) -> Result<(), String> {
     let signal_name = tokio::select! {
         _ = sigterm.recv() => "SIGTERM",
         _ = sigint.recv() => "SIGINT",
+        _ = broker_thread.ended() => {
+            tracing::error!("the broker thread stopped unexpectedly; stopping the server");
+            let _ = stop.send(true);
+            let _ = serving.await;
+            let why = tokio::task::spawn_blocking(move || broker_thread.join())
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r)
+                .err()
+                .unwrap_or_else(|| "no reason given".into());
+            return Err(format!("the broker thread stopped: {why}"));
+        }
         finished = &mut serving => {
             // The listener only stops by itself on a failure.
             return match finished {

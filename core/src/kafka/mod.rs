@@ -402,9 +402,7 @@ impl<D: Disk + Clone> Broker<D> {
             ));
         };
         let Some((lo, hi)) = supported_range(key) else {
-            return FrameOutcome::Close(format!(
-                "api {key:?} is not supported (correlation id {correlation_id})"
-            ));
+            return unsupported(key, version, correlation_id, None);
         };
         if version < lo || version > hi {
             if key == ApiKey::ApiVersions {
@@ -415,9 +413,7 @@ impl<D: Disk + Clone> Broker<D> {
                     &self.api_versions(error::UNSUPPORTED_VERSION),
                 );
             }
-            return FrameOutcome::Close(format!(
-                "{key:?} v{version} is not supported (supported: v{lo}..=v{hi}, correlation id {correlation_id})"
-            ));
+            return unsupported(key, version, correlation_id, Some((lo, hi)));
         }
         if self.pending_produce.contains_key(&conn) || self.pending_fetch.contains_key(&conn) {
             return FrameOutcome::Close(format!(
@@ -660,6 +656,72 @@ pub(crate) fn respond<T: Encodable>(
         // Our own response not fitting its schema is a bug, but a
         // connection-level one: the client is told by the close.
         Err(e) => FrameOutcome::Close(format!("cannot encode {key:?} v{version} response: {e}")),
+    }
+}
+
+/// The answer to an API or version this broker does not handle: where the
+/// API's response has a top-level error code and the codec can write that
+/// version, a response carrying UNSUPPORTED_VERSION, which clients surface
+/// as "not supported by the broker"; otherwise (an API key Kafka does not
+/// define, a version no Kafka has) a close, which is what Kafka's broker
+/// does with a request it cannot parse.
+fn unsupported(
+    key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    ours: Option<(i16, i16)>,
+) -> FrameOutcome {
+    macro_rules! error_reply {
+        ($($k:ident => $resp:ty),* $(,)?) => {
+            match key {
+                $(ApiKey::$k => {
+                    let body = <$resp>::default().with_error_code(error::UNSUPPORTED_VERSION);
+                    respond(key, version, correlation_id, &body)
+                })*
+                _ => FrameOutcome::Close(String::new()),
+            }
+        };
+    }
+    let reply = error_reply!(
+        Fetch => FetchResponse,
+        Metadata => MetadataResponse,
+        DescribeCluster => DescribeClusterResponse,
+        FindCoordinator => FindCoordinatorResponse,
+        JoinGroup => JoinGroupResponse,
+        SyncGroup => SyncGroupResponse,
+        Heartbeat => HeartbeatResponse,
+        LeaveGroup => LeaveGroupResponse,
+        ListGroups => ListGroupsResponse,
+        OffsetFetch => OffsetFetchResponse,
+        OffsetDelete => OffsetDeleteResponse,
+        ConsumerGroupHeartbeat => ConsumerGroupHeartbeatResponse,
+        InitProducerId => InitProducerIdResponse,
+        AddPartitionsToTxn => AddPartitionsToTxnResponse,
+        AddOffsetsToTxn => AddOffsetsToTxnResponse,
+        EndTxn => EndTxnResponse,
+        ListTransactions => ListTransactionsResponse,
+        SaslHandshake => SaslHandshakeResponse,
+        SaslAuthenticate => SaslAuthenticateResponse,
+        DescribeAcls => DescribeAclsResponse,
+        DescribeLogDirs => DescribeLogDirsResponse,
+        DescribeClientQuotas => DescribeClientQuotasResponse,
+        DescribeUserScramCredentials => DescribeUserScramCredentialsResponse,
+        ElectLeaders => ElectLeadersResponse,
+        AlterPartitionReassignments => AlterPartitionReassignmentsResponse,
+        ListPartitionReassignments => ListPartitionReassignmentsResponse,
+        UpdateFeatures => UpdateFeaturesResponse,
+        DescribeQuorum => DescribeQuorumResponse,
+        GetTelemetrySubscriptions => GetTelemetrySubscriptionsResponse,
+        PushTelemetry => PushTelemetryResponse,
+    );
+    match reply {
+        FrameOutcome::Respond(bytes) => FrameOutcome::Respond(bytes),
+        _ => FrameOutcome::Close(match ours {
+            Some((lo, hi)) => format!(
+                "{key:?} v{version} is not supported (supported: v{lo}..=v{hi}, correlation id {correlation_id})"
+            ),
+            None => format!("api {key:?} v{version} is not supported (correlation id {correlation_id})"),
+        }),
     }
 }
 

@@ -11,7 +11,7 @@ use super::{
     error, log_error_code, str_bytes, Broker, Completion, Ctx, FrameOutcome, LEADER_EPOCH,
 };
 use crate::io::disk::Disk;
-use crate::storage::batch::{self, BatchError, Compression};
+use crate::storage::batch::{self, BatchError};
 
 /// An acks=-1 produce waiting for its data to be synced.
 pub(crate) struct PendingProduce {
@@ -53,6 +53,11 @@ struct Appended {
     log_append_time: i64,
     log_start: i64,
 }
+
+/// The largest a batch may grow when decompressed for validation. Kafka
+/// has no such bound; without one, a small batch of zeros could make the
+/// broker allocate gigabytes.
+pub(crate) const MAX_DECOMPRESSED: usize = 256 << 20;
 
 /// Kafka's UNSUPPORTED_COMPRESSION_TYPE.
 const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
@@ -230,27 +235,26 @@ impl<D: Disk + Clone> Broker<D> {
                 "transactional batches are not supported by this broker yet",
             ));
         }
-        let summary = check_records(bytes, &header)?;
-        if settings.compact && summary.null_key.is_some() {
+        if header.timestamp_type() == batch::TimestampType::LogAppendTime {
+            return Err(Refusal::new(
+                error::INVALID_TIMESTAMP,
+                "producers may not send LogAppendTime batches; the broker assigns log append time",
+            ));
+        }
+        let summary = batch::validate_records(bytes, MAX_DECOMPRESSED).map_err(|e| Refusal {
+            code: e.kind.kafka_error_code(),
+            message: e.message.clone(),
+            record: e.batch_index,
+        })?;
+        if settings.compact && summary.has_null_key() {
             return Err(Refusal {
                 code: error::INVALID_RECORD,
                 message: "compacted topic cannot accept message without key".into(),
-                record: summary.null_key,
+                record: summary.first_null_key,
             });
         }
         if !settings.log_append_time {
-            let (lo, hi) = (summary.min_timestamp, summary.max_timestamp);
-            let before = settings.timestamp_before_max_ms;
-            let after = settings.timestamp_after_max_ms;
-            if ctx.wall_ms.saturating_sub(lo) > before || hi.saturating_sub(ctx.wall_ms) > after {
-                return Err(Refusal::new(
-                    error::INVALID_TIMESTAMP,
-                    format!(
-                        "timestamps {lo}..={hi} are outside the allowed range around the broker's clock {} (message.timestamp.before.max.ms={before}, message.timestamp.after.max.ms={after})",
-                        ctx.wall_ms
-                    ),
-                ));
-            }
+            check_timestamps(bytes, &header, &settings, ctx.wall_ms)?;
         }
         if acks == -1 && settings.min_insync_replicas > 1 {
             return Err(Refusal::new(
@@ -267,6 +271,11 @@ impl<D: Disk + Clone> Broker<D> {
             batch::set_log_append_time(&mut copy, ctx.wall_ms);
             stamped = copy;
             (&stamped[..], ctx.wall_ms)
+        } else if summary.max_timestamp != header.max_timestamp {
+            let mut copy = bytes.to_vec();
+            batch::set_max_timestamp(&mut copy, summary.max_timestamp);
+            stamped = copy;
+            (&stamped[..], -1)
         } else {
             (bytes, -1)
         };
@@ -327,75 +336,36 @@ impl<D: Disk + Clone> Broker<D> {
     }
 }
 
-pub(crate) struct RecordSummary {
-    pub min_timestamp: i64,
-    pub max_timestamp: i64,
-    /// The index of the first record without a key.
-    pub null_key: Option<i32>,
-}
-
-/// Record-level checks on a batch that passed [`batch::validate`]: every
-/// record decodes, offset deltas run 0, 1, 2, … and match the header.
-fn check_records(bytes: &[u8], header: &batch::BatchHeader) -> Result<RecordSummary, Refusal> {
-    if header.record_count < 1 {
-        return Err(Refusal::new(
-            error::INVALID_RECORD,
-            "a produced batch needs at least one record",
-        ));
+/// `message.timestamp.before.max.ms` / `after.max.ms` for CreateTime
+/// topics, record by record as Kafka checks them. Skipped (no decoding) in
+/// the common case where both are unbounded.
+fn check_timestamps(
+    bytes: &[u8],
+    header: &batch::BatchHeader,
+    settings: &super::configs::TopicSettings,
+    now: i64,
+) -> Result<(), Refusal> {
+    let before = settings.timestamp_before_max_ms;
+    let after = settings.timestamp_after_max_ms;
+    if before == i64::MAX && after == i64::MAX {
+        return Ok(());
     }
-    if header.last_offset_delta != header.record_count - 1 {
-        return Err(Refusal::new(
-            error::INVALID_RECORD,
-            format!(
-                "record count {} does not match last offset delta {}",
-                header.record_count, header.last_offset_delta
-            ),
-        ));
-    }
-    let records = match header.compression() {
-        Some(Compression::None) => batch::decode_records(bytes)
-            .map_err(|e| Refusal::new(error::INVALID_RECORD, e.to_string()))?,
-        // COMPRESSION-PENDING: replaced by full decoding when the codecs land.
-        _ => {
-            return Ok(RecordSummary {
-                min_timestamp: header.base_timestamp,
-                max_timestamp: header.max_timestamp,
-                null_key: None,
-            })
-        }
-    };
-    if records.len() != header.record_count as usize {
-        return Err(Refusal::new(
-            error::INVALID_RECORD,
-            format!(
-                "the batch claims {} records but holds {}",
-                header.record_count,
-                records.len()
-            ),
-        ));
-    }
-    let mut summary = RecordSummary {
-        min_timestamp: i64::MAX,
-        max_timestamp: i64::MIN,
-        null_key: None,
-    };
+    let records = batch::decode_records_any(bytes, MAX_DECOMPRESSED).map_err(|e| Refusal {
+        code: e.kind.kafka_error_code(),
+        message: e.message.clone(),
+        record: e.batch_index,
+    })?;
     for (i, r) in records.iter().enumerate() {
-        if r.offset_delta != i as i32 {
+        let ts = header.base_timestamp.saturating_add(r.timestamp_delta);
+        if now.saturating_sub(ts) > before || ts.saturating_sub(now) > after {
             return Err(Refusal {
-                code: error::INVALID_RECORD,
+                code: error::INVALID_TIMESTAMP,
                 message: format!(
-                    "inner record offsets must be consecutive: record {i} has offset delta {}",
-                    r.offset_delta
+                    "timestamp {ts} of record {i} is out of range: the broker's clock is {now}, message.timestamp.before.max.ms={before}, message.timestamp.after.max.ms={after}"
                 ),
                 record: Some(i as i32),
             });
         }
-        let ts = header.base_timestamp.saturating_add(r.timestamp_delta);
-        summary.min_timestamp = summary.min_timestamp.min(ts);
-        summary.max_timestamp = summary.max_timestamp.max(ts);
-        if r.key.is_none() && summary.null_key.is_none() {
-            summary.null_key = Some(i as i32);
-        }
     }
-    Ok(summary)
+    Ok(())
 }

@@ -557,6 +557,97 @@ fn produce_validation_errors() {
     assert_eq!(h.fetch("t", 0, 0).high_watermark, 0);
 }
 
+fn compressed(codec: batch::Compression, n: usize, ts: i64) -> Vec<u8> {
+    let mut b = BatchBuilder::new(ts).compression(codec);
+    for i in 0..n {
+        let value = format!("{codec:?}-{i}");
+        b = b.add_with_headers(
+            Some(b"key"),
+            Some(value.as_bytes()),
+            ts + i as i64,
+            vec![(b"h".to_vec(), Some(b"v".to_vec()))],
+        );
+    }
+    b.build()
+}
+
+#[test]
+fn compressed_batches_are_validated_and_stored_as_sent() {
+    use batch::Compression::{Gzip, Lz4, Snappy, Zstd};
+    let mut h = Harness::new();
+    h.create("z", 1, &[]);
+    let mut sent = Vec::new();
+    for codec in [Gzip, Snappy, Lz4, Zstd] {
+        let b = compressed(codec, 5, 1000);
+        assert_eq!(
+            h.produce_ok("z", 0, -1, b.clone()).error,
+            error::NONE,
+            "{codec:?}"
+        );
+        sent.push(b);
+    }
+    let p = h.fetch("z", 0, 0);
+    let stored = p.records.unwrap();
+    let mut pos = 0;
+    for (i, b) in batch::Batches::new(&stored).enumerate() {
+        let b = b.unwrap();
+        // Byte for byte as sent, but for the offset and the leader epoch
+        // the log assigned (both outside the CRC).
+        assert_eq!(&b.bytes[16..], &sent[i][16..], "batch {i}");
+        let records = batch::decode_records_any(b.bytes, 1 << 20).unwrap();
+        assert_eq!(records.len(), 5);
+        assert_eq!(
+            records[0].headers,
+            vec![(b"h".to_vec(), Some(b"v".to_vec()))]
+        );
+        pos += b.bytes.len();
+    }
+    assert_eq!(pos, stored.len());
+    // By timestamp inside a compressed batch.
+    assert_eq!(h.list_offset("z", 1003), (error::NONE, 3, 1003));
+    // A decompression bomb: small on the wire, huge inside.
+    let huge = vec![0u8; 300 << 20];
+    let bomb = BatchBuilder::new(1)
+        .compression(Gzip)
+        .add(None, Some(&huge), 1)
+        .build();
+    let mut c = config();
+    c.settings
+        .insert("message.max.bytes".into(), "100000000".into());
+    let mut h2 = Harness::with_config(c);
+    h2.create("z", 1, &[]);
+    assert!(bomb.len() < huge.len() / 100);
+    assert_eq!(
+        h2.produce_ok("z", 0, 1, bomb).error,
+        error::MESSAGE_TOO_LARGE
+    );
+}
+
+#[test]
+fn record_level_errors_name_the_record() {
+    let mut h = Harness::new();
+    h.create("t", 1, &[("message.timestamp.before.max.ms", "1000")]);
+    // Record 1 is an hour old.
+    let now = h.clock.wall_ms;
+    let b = BatchBuilder::new(now)
+        .add(None, Some(b"a"), now)
+        .add(None, Some(b"b"), now - 3_600_000)
+        .build();
+    let out = h.produce("t", 0, 1, b);
+    let (_, resp): (i32, ProduceResponse) = response(ApiKey::Produce, 9, out);
+    let p = &resp.responses[0].partition_responses[0];
+    assert_eq!(p.error_code, error::INVALID_TIMESTAMP);
+    assert_eq!(p.record_errors.len(), 1);
+    assert_eq!(p.record_errors[0].batch_index, 1);
+    // A producer that lies about the max timestamp is corrected.
+    let mut b = records(2, now);
+    batch::set_max_timestamp(&mut b, now + 99_999_999);
+    assert_eq!(h.produce_ok("t", 0, -1, b).error, error::NONE);
+    let stored = h.fetch("t", 0, 0).records.unwrap();
+    let got = batch::Batches::new(&stored).next().unwrap().unwrap();
+    assert_eq!(got.header.max_timestamp, now + 1);
+}
+
 #[test]
 fn log_append_time_stamps_batches() {
     let mut h = Harness::new();
@@ -1019,14 +1110,14 @@ fn bad_requests_close_the_connection_with_a_reason() {
             r[0..2].copy_from_slice(&9999i16.to_be_bytes());
             r
         }),
-        ("api not handled", {
-            let mut r = ok.clone();
-            r[0..2].copy_from_slice(&(ApiKey::JoinGroup as i16).to_be_bytes());
+        ("a version no Kafka has", {
+            let mut r = request(ApiKey::Metadata, 12, 1, &MetadataRequest::default());
+            r[2..4].copy_from_slice(&99i16.to_be_bytes());
             r
         }),
-        ("metadata version too new", {
-            let mut r = request(ApiKey::Metadata, 12, 1, &MetadataRequest::default());
-            r[2..4].copy_from_slice(&14i16.to_be_bytes());
+        ("unsupported api without a top-level error code", {
+            let mut r = ok.clone();
+            r[0..2].copy_from_slice(&(ApiKey::OffsetCommit as i16).to_be_bytes());
             r
         }),
         ("truncated body", ok[..ok.len() - 1].to_vec()),
@@ -1046,6 +1137,44 @@ fn bad_requests_close_the_connection_with_a_reason() {
         h.broker.handle_frame(C, &ok, &h.clock),
         FrameOutcome::Respond(_)
     ));
+}
+
+#[test]
+fn unsupported_apis_and_versions_get_unsupported_version() {
+    let mut h = Harness::new();
+    // An API this broker does not handle yet, at a version clients use.
+    let frame = request(
+        ApiKey::FindCoordinator,
+        3,
+        11,
+        &FindCoordinatorRequest::default(),
+    );
+    let (cid, resp): (i32, FindCoordinatorResponse) = response(
+        ApiKey::FindCoordinator,
+        3,
+        h.broker.handle_frame(C, &frame, &h.clock),
+    );
+    assert_eq!((cid, resp.error_code), (11, error::UNSUPPORTED_VERSION));
+    // A handled API at a newer version than advertised.
+    let frame = request(ApiKey::Metadata, 13, 12, &MetadataRequest::default());
+    let (_, resp): (i32, MetadataResponse) = response(
+        ApiKey::Metadata,
+        13,
+        h.broker.handle_frame(C, &frame, &h.clock),
+    );
+    assert_eq!(resp.error_code, error::UNSUPPORTED_VERSION);
+    let frame = request(
+        ApiKey::InitProducerId,
+        4,
+        13,
+        &InitProducerIdRequest::default(),
+    );
+    let (_, resp): (i32, InitProducerIdResponse) = response(
+        ApiKey::InitProducerId,
+        4,
+        h.broker.handle_frame(C, &frame, &h.clock),
+    );
+    assert_eq!(resp.error_code, error::UNSUPPORTED_VERSION);
 }
 
 proptest! {

@@ -1330,9 +1330,10 @@ impl<D: Disk> Log<D> {
 /// Within a batch whose max timestamp is at least `ts`, the first record at
 /// or after `ts` and at or after the log start — `None` when the only such
 /// records lie below the log start (the batch straddles it), so the search
-/// goes on. LogAppendTime batches carry one timestamp for all records;
-/// compressed batches are answered at batch granularity until the codecs
-/// land with the produce path.
+/// goes on. LogAppendTime batches carry one timestamp for all records.
+/// Compressed batches are decompressed (bounded); one that cannot be is
+/// answered at batch granularity, as it passed its CRC and was validated on
+/// the way in.
 fn first_record_at_or_after(
     bytes: &[u8],
     h: &BatchHeader,
@@ -1340,13 +1341,16 @@ fn first_record_at_or_after(
     log_start: i64,
 ) -> Option<(i64, i64)> {
     let batch_answer = Some((h.base_offset.max(log_start), h.max_timestamp));
-    if h.timestamp_type() == TimestampType::LogAppendTime
-        || h.compression() != Some(Compression::None)
-    {
+    if h.timestamp_type() == TimestampType::LogAppendTime {
         return batch_answer;
     }
-    match batch::decode_records(bytes) {
-        Ok(records) => records
+    let records = if h.compression() == Some(Compression::None) {
+        batch::decode_records(bytes).ok()
+    } else {
+        batch::decode_records_any(bytes, TIMESTAMP_LOOKUP_DECOMPRESS_LIMIT).ok()
+    };
+    match records {
+        Some(records) => records
             .iter()
             .map(|r| {
                 (
@@ -1355,9 +1359,12 @@ fn first_record_at_or_after(
                 )
             })
             .find(|&(o, t)| t >= ts && o >= log_start),
-        Err(_) => batch_answer,
+        None => batch_answer,
     }
 }
+
+/// Batches were validated on append with the same bound.
+const TIMESTAMP_LOOKUP_DECOMPRESS_LIMIT: usize = 256 << 20;
 
 fn segment_file_names(base: i64) -> [String; 4] {
     [

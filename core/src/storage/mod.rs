@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod checkpoint;
+pub mod compression;
 pub mod group_commit;
 pub mod index;
 pub mod log;
