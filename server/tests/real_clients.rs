@@ -7,7 +7,8 @@
 //! `target/ci-venv` (`ODRADEK_PYTHON` names another interpreter). Without
 //! them these tests print why and pass, so that `cargo test` works on a
 //! bare machine; `ci/test.sh` sets `ODRADEK_REQUIRE_CLIENTS=1`, under which
-//! a missing client is a failure instead.
+//! a missing client is a failure instead. `ODRADEK_BIN` runs them against
+//! another `odradek` binary.
 
 use std::fs::File;
 use std::io::Read;
@@ -71,6 +72,14 @@ fn clients_or_skip(test: &str, need_kcat: bool) -> Option<PathBuf> {
     }
 }
 
+/// The `odradek` built with these tests; `ODRADEK_BIN` names another (a
+/// release build, or a broker with a change being tried).
+fn broker_binary() -> PathBuf {
+    std::env::var_os("ODRADEK_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_odradek")))
+}
+
 /// An `odradek server` process; killed on drop, so that a failing test
 /// leaves nothing running.
 struct Broker {
@@ -86,7 +95,7 @@ impl Broker {
     fn start(data: &Path, logs: &Path, name: &str) -> Broker {
         let stdout = logs.join(format!("{name}.stdout"));
         let stderr = logs.join(format!("{name}.stderr"));
-        let child = Command::new(env!("CARGO_BIN_EXE_odradek"))
+        let child = Command::new(broker_binary())
             .args([
                 "server",
                 "--listeners",
@@ -236,10 +245,16 @@ fn run_script(python: &Path, broker: &mut Broker, logs: &Path, script: &str, arg
             println!("{what} ({took:.1}s):\n{printed}");
             broker.assert_alive(&what)
         }
-        Some(s) => panic!(
-            "{what} failed ({s}, after {took:.1}s):\n{printed}\n{}",
-            broker.output()
-        ),
+        Some(s) => {
+            let broker_state = match broker.child.try_wait().unwrap() {
+                Some(b) => format!("; the broker died ({b})"),
+                None => String::new(),
+            };
+            panic!(
+                "{what} failed ({s}, after {took:.1}s{broker_state}):\n{printed}\n{}",
+                broker.output()
+            )
+        }
         None => panic!(
             "{what} still running after {SCRIPT_TIMEOUT:?}:\n{printed}\n{}",
             broker.output()

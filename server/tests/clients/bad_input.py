@@ -16,9 +16,11 @@ Needs only the standard library: requests are encoded by hand here, so a
 bug shared with the broker's codec cannot hide.
 """
 
+import os
 import random
 import socket
 import struct
+import sys
 import time
 import unittest
 
@@ -294,8 +296,25 @@ class Conn:
         self.sock.close()
 
 
-def served():
-    """A fresh connection gets ApiVersions and Metadata answered."""
+def served(after="the previous request"):
+    """A fresh connection gets ApiVersions and Metadata answered. A broker
+    that no longer serves at all ends the whole run here: every later case
+    would fail for the same reason and bury the one that killed it."""
+    try:
+        return _served_once()
+    except (OSError, EOFError) as e:
+        first = e
+    time.sleep(0.5)
+    try:
+        _served_once()
+    except (OSError, EOFError) as e:
+        sys.stderr.write("\nthe broker stopped serving (%r, then %r) after: %s\n" % (first, e, after))
+        sys.stderr.flush()
+        os._exit(3)
+    raise AssertionError("ApiVersions and Metadata failed (%r) right after %s, then worked" % (first, after))
+
+
+def _served_once():
     c = Conn()
     try:
         error, keys = parse_api_versions_v0(c.request(api_versions_v0(101), 101))
@@ -353,11 +372,11 @@ class BadInput(unittest.TestCase):
             outcome = c.outcome()
         finally:
             c.close()
+        served(what)
         if or_answered and outcome != "closed":
             self.assertEqual(struct.unpack(">i", outcome[1][:4])[0], 11, "%s: answer to the wrong correlation id" % what)
         else:
             self.assertEqual(outcome, "closed", "%s: answered instead of closing: %r" % (what, outcome))
-        served()
 
     def test_unknown_versions_of_known_apis(self):
         for key in (API_PRODUCE, API_FETCH, API_LIST_OFFSETS, API_METADATA):
@@ -372,11 +391,11 @@ class BadInput(unittest.TestCase):
                         c.close()
                     # Kafka closes; Odradek answers the versions its codec
                     # can write with a top-level UNSUPPORTED_VERSION.
+                    served("API %d v%d with a 64-byte zero body" % (key, version))
                     if outcome != "closed":
                         body = outcome[1]
                         self.assertEqual(struct.unpack(">i", body[:4])[0], 5, "API %d v%d: answer to the wrong correlation id" % (key, version))
                         self.assertIn(i16(ERR_UNSUPPORTED_VERSION), body[4:], "API %d v%d answered without UNSUPPORTED_VERSION: %r" % (key, version, body))
-                    served()
 
     def test_api_versions_of_an_unknown_version_falls_back_to_v0(self):
         # KIP-511: a newer client learns the versions from a v0 answer.
@@ -458,13 +477,13 @@ class BadInput(unittest.TestCase):
                     outcome = c.outcome()
                 finally:
                     c.close()
+                served("Produce v3 with %s" % what)
                 if outcome != "closed":
                     self.assertEqual(outcome[0], "answer")
                     body = outcome[1]
                     self.assertEqual(struct.unpack(">i", body[:4])[0], 21)
                     error, _ = parse_produce_v3(body[4:])
                     self.assertNotEqual(error, ERR_NONE, "%s: the broker accepted it" % what)
-                served()
 
         # Nothing above was appended: a good batch now lands at offset 0,
         # and reading the log back gives exactly it.
@@ -544,12 +563,10 @@ class BadInput(unittest.TestCase):
                 outcome = "closed"
             finally:
                 c.close()
+            served("API %d v%d with the random body %s (case %d)" % (key, version, body.hex(), n))
             if outcome != "closed":
                 (cid,) = struct.unpack(">i", outcome[1][:4])
                 self.assertEqual(cid, 40 + n, "API %d v%d: answer to the wrong correlation id" % (key, version))
-            if n % 25 == 0:
-                served()
-        served()
 
     def test_pipelined_produces_are_answered_in_order(self):
         topic = create_topic()
