@@ -552,9 +552,9 @@ class BadInput(unittest.TestCase):
         rng = random.Random(20240611)
         waits = {API_FETCH, 11, 14}
         targets = [(k, v) for k, (lo, hi) in sorted(self.versions.items()) if k not in waits for v in range(lo, hi + 1)]
-        for n in range(300):
+        for n in range(3000):
             key, version = rng.choice(targets)
-            body = bytes(rng.getrandbits(8) for _ in range(rng.choice([0, 1, 2, 5, 17, 64, 300])))
+            body = bytes(rng.getrandbits(8) for _ in range(rng.choice([0, 1, 2, 5, 17, 64, 300, 2000])))
             c = Conn()
             try:
                 c.send(frame(header(key, version, 40 + n) + body))
