@@ -451,6 +451,39 @@ class Produce(unittest.TestCase):
         assert_dense(got, 0, "5000 small records")
         self.assertEqual([m.value() for m in got], [r[2] for r in records])
 
+    def test_keyed_records_keep_their_order_per_key(self):
+        # librdkafka's partitioner spreads the keys; the broker must keep
+        # each partition in send order under concurrent requests.
+        name = create_topic(unique("keyed"), partitions=4)
+        keys = [b"key-%d" % k for k in range(40)]
+        p = producer(acks="1", **{"linger.ms": 1, "batch.num.messages": 100})
+        delivered = []
+        for i in range(4000):
+            while True:
+                try:
+                    p.produce(name, key=keys[i % 40], value=b"%d" % i, on_delivery=lambda err, msg: delivered.append((err, msg)))
+                    break
+                except BufferError:
+                    p.poll(0.05)
+        self.assertEqual(p.flush(TIMEOUT), 0)
+        self.assertEqual([e for e, _ in delivered if e is not None], [])
+        per_partition = {}
+        for _, m in delivered:
+            per_partition[m.partition()] = per_partition.get(m.partition(), 0) + 1
+        self.assertGreater(len(per_partition), 1, "all keys in one partition: %s" % per_partition)
+        seen = {}
+        for partition, count in per_partition.items():
+            got = consume(name, partition, 0, count)
+            assert_dense(got, 0, "partition %d" % partition)
+            for m in got:
+                seen.setdefault(m.key(), []).append((partition, int(m.value())))
+        self.assertEqual(sorted(seen), sorted(keys))
+        for key, entries in seen.items():
+            self.assertEqual(len({p for p, _ in entries}), 1, "%r in several partitions" % key)
+            values = [v for _, v in entries]
+            self.assertEqual(values, sorted(values), "%r out of order" % key)
+            self.assertEqual(len(values), 100)
+
     def test_message_over_max_message_bytes_is_rejected(self):
         name = create_topic(unique("toolarge"), config={"max.message.bytes": "20000"})
         # Large enough that librdkafka itself does not refuse it first.
@@ -533,6 +566,22 @@ class Consume(unittest.TestCase):
             c.close()
         self.assertIsNotNone(seen[0].error(), "read offset %s past the end" % seen[0].offset())
         self.assertEqual(seen[0].error().code(), KafkaError._AUTO_OFFSET_RESET, seen[0].error())
+
+    def test_a_batch_over_the_fetch_limits_still_arrives(self):
+        # KIP-74: the first batch comes whole whatever fetch.max.bytes and
+        # the partition limit say, or a consumer could never get past it.
+        name = create_topic(unique("bigbatch"))
+        big = os.urandom(900000)
+        produce_and_check(producer(acks="1", **{"message.max.bytes": 2000000}), name, [(0, b"big", big, None, None), (0, b"small", b"after", None, None)])
+        got = consume(
+            name,
+            0,
+            0,
+            2,
+            **{"fetch.max.bytes": 1000, "fetch.message.max.bytes": 1000, "message.max.bytes": 1000},
+        )
+        self.assertEqual([(m.key(), len(m.value())) for m in got], [(b"big", len(big)), (b"small", 5)])
+        self.assertEqual(got[0].value(), big)
 
     def test_long_poll_returns_when_a_record_arrives(self):
         name = create_topic(unique("longpoll"))
