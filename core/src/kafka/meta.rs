@@ -35,6 +35,12 @@ pub struct MetaState {
     pub cluster_id: String,
     /// Feeds topic ids, so a topic deleted and created again gets a new id.
     pub next_seq: u64,
+    /// Producer ids below this are reserved (written before use); ids from
+    /// `next_producer_id` up to it may be handed out without a write.
+    pub producer_ids_reserved: i64,
+    /// Not persisted: after a restart, allocation resumes at the reserved
+    /// mark, skipping whatever of the last block went unused.
+    pub next_producer_id: i64,
     pub topics: BTreeMap<String, TopicMeta>,
 }
 
@@ -44,6 +50,7 @@ impl MetaState {
         let _ = writeln!(s, "{MAGIC}");
         let _ = writeln!(s, "cluster {}", self.cluster_id);
         let _ = writeln!(s, "next-seq {}", self.next_seq);
+        let _ = writeln!(s, "producer-ids {}", self.producer_ids_reserved);
         for t in self.topics.values() {
             let _ = writeln!(
                 s,
@@ -94,6 +101,11 @@ impl MetaState {
                 "cluster" => st.cluster_id = rest.to_string(),
                 "next-seq" => {
                     st.next_seq = rest.parse().map_err(|_| format!("bad line {line:?}"))?
+                }
+                "producer-ids" => {
+                    st.producer_ids_reserved =
+                        rest.parse().map_err(|_| format!("bad line {line:?}"))?;
+                    st.next_producer_id = st.producer_ids_reserved;
                 }
                 "topic" => {
                     let f: Vec<&str> = rest.split(' ').collect();

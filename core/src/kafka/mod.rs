@@ -33,6 +33,7 @@ mod fetch;
 pub mod meta;
 mod offsets;
 mod produce;
+mod producers;
 
 use std::collections::BTreeMap;
 
@@ -93,6 +94,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::AlterConfigs, 0, 2),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::InitProducerId, 0, 5),
     (ApiKey::DescribeCluster, 0, 1),
 ];
 
@@ -178,6 +180,7 @@ pub(crate) struct Partition<D: Disk> {
     /// offline log directory does.
     pub log: Option<Log<D>>,
     pub problem: Option<String>,
+    pub producers: producers::ProducerStates,
 }
 
 impl<D: Disk> Partition<D> {
@@ -357,12 +360,14 @@ impl<D: Disk + Clone> Broker<D> {
             self.log_buggify(topic, p),
         ) {
             Ok(log) => Partition {
+                producers: producers::ProducerStates::rebuild(&log),
                 log: Some(log),
                 problem: None,
             },
             Err(e) => Partition {
                 log: None,
                 problem: Some(format!("{dir}: {e}")),
+                producers: producers::ProducerStates::default(),
             },
         }
     }
@@ -513,6 +518,11 @@ impl<D: Disk + Clone> Broker<D> {
             ApiKey::IncrementalAlterConfigs => {
                 let req = decode!(IncrementalAlterConfigsRequest);
                 let resp = self.incremental_alter_configs(&req);
+                ctx.respond(&resp)
+            }
+            ApiKey::InitProducerId => {
+                let req = decode!(InitProducerIdRequest);
+                let resp = self.init_producer_id(&req);
                 ctx.respond(&resp)
             }
             ApiKey::DescribeCluster => {
@@ -695,7 +705,6 @@ fn unsupported(
         OffsetFetch => OffsetFetchResponse,
         OffsetDelete => OffsetDeleteResponse,
         ConsumerGroupHeartbeat => ConsumerGroupHeartbeatResponse,
-        InitProducerId => InitProducerIdResponse,
         AddPartitionsToTxn => AddPartitionsToTxnResponse,
         AddOffsetsToTxn => AddOffsetsToTxnResponse,
         EndTxn => EndTxnResponse,

@@ -7,6 +7,7 @@ use kafka_protocol::messages::produce_response::{
 };
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
+use super::producers::SequenceCheck;
 use super::{
     error, log_error_code, str_bytes, Broker, Completion, Ctx, FrameOutcome, LEADER_EPOCH,
 };
@@ -182,9 +183,11 @@ impl<D: Disk + Clone> Broker<D> {
                 format!("partition {topic}-{partition} does not exist"),
             ));
         };
-        let log = p.log_mut().map_err(|code| {
+        p.log_mut().map_err(|code| {
             Refusal::new(code, format!("partition {topic}-{partition} is offline"))
         })?;
+        let super::Partition { log, producers, .. } = p;
+        let log = log.as_mut().expect("checked online above");
         let Some(bytes) = records else {
             return Err(Refusal::new(error::INVALID_RECORD, "records are null"));
         };
@@ -265,6 +268,25 @@ impl<D: Disk + Clone> Broker<D> {
                 ),
             ));
         }
+        if header.producer_id >= 0 {
+            match producers.check(&header) {
+                SequenceCheck::Append => {}
+                // A retry of a batch already written: the first answer
+                // again, and nothing appended.
+                SequenceCheck::Duplicate {
+                    base_offset,
+                    last_offset,
+                } => {
+                    return Ok(Appended {
+                        base_offset,
+                        last_offset,
+                        log_append_time: -1,
+                        log_start: log.log_start_offset(),
+                    })
+                }
+                SequenceCheck::Refuse(code, message) => return Err(Refusal::new(code, message)),
+            }
+        }
         let stamped;
         let (to_append, log_append_time) = if settings.log_append_time {
             let mut copy = bytes.to_vec();
@@ -282,6 +304,7 @@ impl<D: Disk + Clone> Broker<D> {
         let info = log
             .append_as_leader(to_append, LEADER_EPOCH, ctx.wall_ms)
             .map_err(|e| Refusal::new(log_error_code(&e), e.to_string()))?;
+        producers.record(&header, info.base_offset);
         Ok(Appended {
             base_offset: info.base_offset,
             last_offset: info.last_offset,

@@ -649,6 +649,59 @@ fn record_level_errors_name_the_record() {
 }
 
 #[test]
+fn idempotent_producers_are_deduplicated_across_restarts() {
+    let mut h = Harness::new();
+    h.create("t", 1, &[]);
+    let init = |h: &mut Harness| -> (i64, i16) {
+        let req = InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1)
+            .with_transaction_timeout_ms(60_000);
+        let resp: InitProducerIdResponse = h.call(ApiKey::InitProducerId, 4, &req);
+        assert_eq!(resp.error_code, error::NONE);
+        (resp.producer_id.0, resp.producer_epoch)
+    };
+    let (pid, epoch) = init(&mut h);
+    let (pid2, _) = init(&mut h);
+    assert_ne!(pid, pid2);
+    let batch = |seq: i32| {
+        BatchBuilder::new(h_now())
+            .producer(pid, epoch, seq)
+            .add(None, Some(format!("s{seq}").as_bytes()), h_now())
+            .add(None, Some(format!("s{seq}b").as_bytes()), h_now())
+            .build()
+    };
+    assert_eq!(h.produce_ok("t", 0, -1, batch(0)).base_offset, 0);
+    assert_eq!(h.produce_ok("t", 0, -1, batch(2)).base_offset, 2);
+    // A retry is answered with the first offsets and not written again.
+    let r = h.produce_ok("t", 0, -1, batch(0));
+    assert_eq!((r.error, r.base_offset), (error::NONE, 0));
+    let r = h.produce_ok("t", 0, -1, batch(8));
+    assert_eq!(r.error, producers::OUT_OF_ORDER_SEQUENCE_NUMBER);
+    h.restart();
+    // The state is rebuilt from the log: still a duplicate after a crash.
+    let r = h.produce_ok("t", 0, -1, batch(2));
+    assert_eq!((r.error, r.base_offset), (error::NONE, 2));
+    assert_eq!(h.produce_ok("t", 0, -1, batch(4)).base_offset, 4);
+    assert_eq!(h.fetch_all("t", 0, 0).len(), 6);
+    // Ids are never handed out twice, restarts included.
+    let (pid3, _) = init(&mut h);
+    assert!(pid3 > pid2);
+    // Transactions are not available yet.
+    let req = InitProducerIdRequest::default()
+        .with_transactional_id(Some(TransactionalId(str_bytes("tx"))))
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    let resp: InitProducerIdResponse = h.call(ApiKey::InitProducerId, 4, &req);
+    assert_ne!(resp.error_code, error::NONE);
+}
+
+fn h_now() -> i64 {
+    1_700_000_000_000
+}
+
+#[test]
 fn log_append_time_stamps_batches() {
     let mut h = Harness::new();
     h.create("lat", 1, &[("message.timestamp.type", "LogAppendTime")]);
@@ -1049,6 +1102,14 @@ fn every_supported_version_of_every_api_is_answered() {
                     h.send(C, key, v, &req)
                 }
                 ApiKey::DescribeCluster => h.send(C, key, v, &DescribeClusterRequest::default()),
+                ApiKey::InitProducerId => h.send(
+                    C,
+                    key,
+                    v,
+                    &InitProducerIdRequest::default()
+                        .with_producer_id(ProducerId(-1))
+                        .with_producer_epoch(-1),
+                ),
                 other => panic!("{other:?} is supported but not covered by this test"),
             };
             assert!(
@@ -1163,15 +1224,10 @@ fn unsupported_apis_and_versions_get_unsupported_version() {
         h.broker.handle_frame(C, &frame, &h.clock),
     );
     assert_eq!(resp.error_code, error::UNSUPPORTED_VERSION);
-    let frame = request(
-        ApiKey::InitProducerId,
-        4,
-        13,
-        &InitProducerIdRequest::default(),
-    );
-    let (_, resp): (i32, InitProducerIdResponse) = response(
-        ApiKey::InitProducerId,
-        4,
+    let frame = request(ApiKey::EndTxn, 3, 13, &EndTxnRequest::default());
+    let (_, resp): (i32, EndTxnResponse) = response(
+        ApiKey::EndTxn,
+        3,
         h.broker.handle_frame(C, &frame, &h.clock),
     );
     assert_eq!(resp.error_code, error::UNSUPPORTED_VERSION);
