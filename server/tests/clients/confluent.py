@@ -441,6 +441,18 @@ class Produce(unittest.TestCase):
                 assert_dense(got, 0, "acks=" + acks)
                 assert_same(records, got, "acks=" + acks)
 
+    def test_idempotent_producer(self):
+        name = create_topic(unique("idempotent"), partitions=2)
+        records = [(i % 2, b"k%d" % i, value_for(i, "lz4"), [("seq", b"%d" % i)], None) for i in range(2000)]
+        p = producer(**{"enable.idempotence": True, "compression.type": "lz4", "batch.num.messages": 100})
+        delivered = produce_and_check(p, name, records)
+        for partition in (0, 1):
+            sent = [r for r in records if r[0] == partition]
+            self.assertEqual(sorted(m.offset() for m in delivered if m.partition() == partition), list(range(len(sent))))
+            got = consume(name, partition, 0, len(sent))
+            assert_dense(got, 0, "idempotent, partition %d" % partition)
+            assert_same(sent, got, "idempotent, partition %d" % partition)
+
     def test_many_batches_keep_order(self):
         # Small batches, many in flight: order must hold across requests.
         name = create_topic(unique("order"))

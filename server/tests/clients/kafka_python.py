@@ -26,9 +26,6 @@ def create_topic(name, partitions):
 def producer(**conf):
     return KafkaProducer(
         bootstrap_servers=common.BOOTSTRAP,
-        # kafka-python 3 makes an acks=all producer idempotent by default,
-        # and idempotent producers (InitProducerId) are not served yet.
-        enable_idempotence=False,
         request_timeout_ms=int(TIMEOUT * 1000 / 2),
         max_block_ms=int(TIMEOUT * 1000 / 2),
         **conf,
@@ -75,6 +72,8 @@ class KafkaPython(unittest.TestCase):
                 self.assertEqual((r.key, r.value, list(r.headers)), (key, value, headers), "partition %d offset %d" % (p, r.offset))
 
     def test_send_flush_and_read_back(self):
+        # acks=all: kafka-python 3 makes this producer idempotent
+        # (InitProducerId, sequence numbers) without being asked.
         topic = unique("kafka-python")
         create_topic(topic, 2)
         p = producer(acks="all", compression_type="gzip", linger_ms=5)
