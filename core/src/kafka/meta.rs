@@ -1,8 +1,10 @@
 //! The single broker's topic metadata on disk: which topics exist, their ids,
-//! partition counts and config overrides. One small text file, replaced
-//! atomically (write, sync, rename, sync the directory) on every change and
-//! closed by a CRC line, so a torn or rotten copy is detected rather than
-//! half-believed. When the Raft metadata log arrives, it replaces this file.
+//! partition counts and config overrides. A small text file closed by a CRC
+//! line, so a torn or rotten copy is detected rather than half-believed,
+//! kept in two copies each replaced atomically (write, sync, rename, sync
+//! the directory) one after the other on every change, with a generation
+//! number: rot in one copy, or a crash between the two writes, leaves the
+//! other to load. When the Raft metadata log arrives, it replaces this.
 //!
 //! Deleting a topic is two steps so a crash in between cannot leave data
 //! behind a topic that no longer exists: the topic is first marked
@@ -15,7 +17,9 @@ use std::fmt::Write as _;
 
 use crate::io::disk::{self, Disk, DiskResult};
 
-pub const META_FILE: &str = "odradek-topics";
+/// The two copies; `META_FILE` is the first.
+pub const META_FILES: [&str; 2] = ["odradek-topics.a", "odradek-topics.b"];
+pub const META_FILE: &str = META_FILES[0];
 const MAGIC: &str = "odradek-topics v1";
 
 /// Kafka's limit on topic name length.
@@ -33,6 +37,8 @@ pub struct TopicMeta {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MetaState {
     pub cluster_id: String,
+    /// Bumped on every store; the newer valid copy wins at load.
+    pub generation: u64,
     /// Feeds topic ids, so a topic deleted and created again gets a new id.
     pub next_seq: u64,
     /// Producer ids below this are reserved (written before use); ids from
@@ -49,6 +55,7 @@ impl MetaState {
         let mut s = String::new();
         let _ = writeln!(s, "{MAGIC}");
         let _ = writeln!(s, "cluster {}", self.cluster_id);
+        let _ = writeln!(s, "generation {}", self.generation);
         let _ = writeln!(s, "next-seq {}", self.next_seq);
         let _ = writeln!(s, "producer-ids {}", self.producer_ids_reserved);
         for t in self.topics.values() {
@@ -99,6 +106,9 @@ impl MetaState {
                 .ok_or_else(|| format!("bad line {line:?}"))?;
             match kind {
                 "cluster" => st.cluster_id = rest.to_string(),
+                "generation" => {
+                    st.generation = rest.parse().map_err(|_| format!("bad line {line:?}"))?
+                }
                 "next-seq" => {
                     st.next_seq = rest.parse().map_err(|_| format!("bad line {line:?}"))?
                 }
@@ -145,18 +155,49 @@ impl MetaState {
         Ok(st)
     }
 
+    /// The newest valid copy; `None` if there is none at all (a new data
+    /// directory); an error if copies exist but none is valid.
     pub fn load<D: Disk>(disk: &D, dir: &str) -> Result<Option<MetaState>, String> {
-        let path = disk::join(dir, META_FILE);
-        match disk.exists(&path) {
+        let mut best: Option<MetaState> = None;
+        let mut problems = Vec::new();
+        let mut any = false;
+        for name in META_FILES {
+            let path = disk::join(dir, name);
+            match Self::load_copy(disk, &path) {
+                Ok(None) => {}
+                Ok(Some(st)) => {
+                    any = true;
+                    if best.as_ref().is_none_or(|b| st.generation > b.generation) {
+                        best = Some(st);
+                    }
+                }
+                Err(e) => {
+                    any = true;
+                    problems.push(e);
+                }
+            }
+        }
+        match best {
+            Some(st) => Ok(Some(st)),
+            None if any => Err(format!(
+                "no valid copy of the topic metadata: {}",
+                problems.join("; ")
+            )),
+            None => Ok(None),
+        }
+    }
+
+    fn load_copy<D: Disk>(disk: &D, path: &str) -> Result<Option<MetaState>, String> {
+        match disk.exists(path) {
             Ok(false) => return Ok(None),
             Ok(true) => {}
             Err(e) => return Err(format!("{path}: {e}")),
         }
         // A transient read error must not be taken for damage: retry a few
-        // times before giving up on the file.
+        // times before giving up on the copy.
         let mut last = String::new();
         for _ in 0..crate::storage::segment::READ_RETRIES {
-            match disk::read_file(disk, &path) {
+            match disk::read_file(disk, path) {
                 Ok(bytes) => match MetaState::decode(&bytes) {
                     Ok(st) => return Ok(Some(st)),
                     Err(e) => last = e,
@@ -167,8 +208,18 @@ impl MetaState {
         Err(format!("{path}: {last}"))
     }
 
-    pub fn store<D: Disk>(&self, disk: &D, dir: &str) -> DiskResult<()> {
-        disk::write_file_atomically(disk, &disk::join(dir, META_FILE), &self.encode())
+    /// Writes both copies with the next generation. On an error the caller
+    /// keeps its previous state: whichever copies were written hold the new
+    /// generation, and the load picks it — which is the state the caller
+    /// did not adopt, so a failed store must not be retried with different
+    /// content without a restart in between (callers refuse the request and
+    /// leave the broker's state as it was; the next store rewrites both).
+    pub fn store<D: Disk>(&mut self, disk: &D, dir: &str) -> DiskResult<()> {
+        self.generation += 1;
+        for name in META_FILES {
+            disk::write_file_atomically(disk, &disk::join(dir, name), &self.encode())?;
+        }
+        Ok(())
     }
 
     /// A new topic id: derived from the cluster id and a sequence number
@@ -231,6 +282,7 @@ pub fn partition_dir(data_dir: &str, topic: &str, partition: i32) -> String {
 mod tests {
     use super::*;
     use crate::io::disk::mem::MemDisk;
+    use crate::io::disk::DiskFile;
 
     fn sample() -> MetaState {
         let mut st = MetaState {
@@ -273,9 +325,31 @@ mod tests {
         let disk = MemDisk::new();
         disk.create_dir_all("d").unwrap();
         assert_eq!(MetaState::load(&disk, "d").unwrap(), None);
-        let st = sample();
+        let mut st = sample();
         st.store(&disk, "d").unwrap();
-        assert_eq!(MetaState::load(&disk, "d").unwrap(), Some(st));
+        assert_eq!(MetaState::load(&disk, "d").unwrap(), Some(st.clone()));
+        // One rotten copy: the other loads.
+        let a = disk::join("d", META_FILES[0]);
+        let f = disk.open(&a).unwrap();
+        f.write_at(20, b"XX").unwrap();
+        assert_eq!(MetaState::load(&disk, "d").unwrap(), Some(st.clone()));
+        // The newer generation wins.
+        st.next_seq += 5;
+        st.store(&disk, "d").unwrap();
+        disk::write_file_atomically(&disk, &disk::join("d", META_FILES[1]), &sample().encode())
+            .unwrap();
+        assert_eq!(
+            MetaState::load(&disk, "d").unwrap().unwrap().next_seq,
+            st.next_seq
+        );
+        // Both rotten: an error, not an empty broker.
+        for name in META_FILES {
+            disk.open(&disk::join("d", name))
+                .unwrap()
+                .write_at(20, b"XX")
+                .unwrap();
+        }
+        assert!(MetaState::load(&disk, "d").is_err());
     }
 
     #[test]

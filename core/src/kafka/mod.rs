@@ -281,7 +281,7 @@ impl<D: Disk + Clone> Broker<D> {
                 m
             }
             None => {
-                let m = MetaState {
+                let mut m = MetaState {
                     cluster_id: config.cluster_id.clone(),
                     ..MetaState::default()
                 };
