@@ -18,8 +18,10 @@ cargo fmt --all -- --check
 step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "tests (unit, property, simulation: 1000 storage and 300 broker seeds, each run twice for determinism)"
-cargo test --workspace --locked
+step "tests (unit, property, simulation: 1000 storage and 300 broker seeds, each run twice for determinism; turmoil; real clients against the odradek binary)"
+# The real-client tests skip when the clients are missing, except here:
+# setup.sh has just installed them, so missing means broken.
+ODRADEK_REQUIRE_CLIENTS=1 cargo test --workspace --locked
 
 step "simulator smoke through the odradek command"
 cargo build --release --locked -p odradek
