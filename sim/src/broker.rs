@@ -73,7 +73,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use odradek_core::buggify::Buggify;
 use odradek_core::io::clock::ManualClock;
 use odradek_core::io::{Address, Envelope, Instant, Random, TimerQueue};
-use odradek_core::kafka::meta::META_FILE;
+use odradek_core::kafka::meta::META_FILES;
 use odradek_core::kafka::{Broker, BrokerConfig, ConnId, FrameOutcome};
 use odradek_core::storage::batch::{self, BatchBuilder, Batches, TimestampType};
 use odradek_core::storage::segment::parse_data_name;
@@ -889,11 +889,11 @@ impl Run {
             Err(e) => {
                 trace!(self, "broker open failed: {e}");
                 if self.registry_damaged() {
-                    // Topic metadata is one file: with its only copy
-                    // damaged, no restart can bring the broker back.
+                    // Topic metadata has two copies: with both damaged, no
+                    // restart can bring the broker back.
                     trace!(
                         self,
-                        "the topic registry's only copy was damaged: the broker cannot start again (excused; nothing more to check)"
+                        "both copies of the topic registry were damaged: the broker cannot start again (excused; nothing more to check)"
                     );
                     self.phase = Phase::Done;
                     return;
@@ -2476,12 +2476,16 @@ impl Run {
             .min()
     }
 
+    /// Both copies of the topic registry damaged: no restart can bring the
+    /// broker back, and it refuses to start rather than come up empty.
     fn registry_damaged(&self) -> bool {
-        let file = format!("{DATA_DIR}/{META_FILE}");
-        self.disk
-            .damage()
-            .iter()
-            .any(|d| d.path == file || d.path == format!("{file}.tmp"))
+        let damage = self.disk.damage();
+        META_FILES.iter().all(|name| {
+            let file = format!("{DATA_DIR}/{name}");
+            damage
+                .iter()
+                .any(|d| d.path == file || d.path == format!("{file}.tmp"))
+        })
     }
 
     fn both_checkpoint_copies_damaged(&self, tp: Tp) -> bool {

@@ -54,6 +54,19 @@ fn broker_seeds_200_to_300() {
     check_seeds(200..300);
 }
 
+/// Seeds that once found a broker bug, kept so the bug stays fixed.
+/// 18302: a topic registry whose directory sync failed, read back after a
+/// process restart from the page cache and never rewritten, vanished at the
+/// next power loss with every acks=-1 record of its topic. 898 and 968: a
+/// misdirected write into the then single-copy registry left the broker
+/// unable to start.
+#[test]
+fn broker_regression_seeds() {
+    for seed in [18302, 898, 968] {
+        check_seeds(seed..seed + 1);
+    }
+}
+
 /// Different seeds must explore different runs.
 #[test]
 fn broker_seeds_differ() {
