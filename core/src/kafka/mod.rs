@@ -459,12 +459,10 @@ impl<D: Disk + Clone> Broker<D> {
                             "malformed {key:?} v{version} request: {e}"
                         ))
                     }
-                    Ok(_) if buf.has_remaining() => {
-                        return FrameOutcome::Close(format!(
-                            "{key:?} v{version} request has {} bytes after its body",
-                            buf.remaining()
-                        ))
-                    }
+                    // Bytes after the body are ignored, as Kafka's broker
+                    // ignores them: librdkafka 2.x sends three stray bytes
+                    // after an all-topics Metadata request
+                    // (confluentinc/librdkafka#5049).
                     Ok(r) => r,
                 }
             }};
