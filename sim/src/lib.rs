@@ -182,6 +182,38 @@ pub struct Shrunk {
     pub runs: u64,
 }
 
+/// The seed's swarm of disk and process faults, less the kinds the run's
+/// overrides turn off. Shared by the workloads so that a seed draws the
+/// same faults in each and a shrink turns them off the same way.
+pub(crate) fn draw_swarm(
+    opts: &RunOptions,
+    swarm_rng: &mut rand_chacha::ChaCha8Rng,
+) -> odradek_nemesis::Swarm {
+    let off = |k: FaultKind| opts.overrides.disables(k);
+    let mut swarm = odradek_nemesis::Swarm::draw_storage(swarm_rng);
+    for (k, rate) in [
+        (FaultKind::ReadFlip, &mut swarm.disk.read_flip),
+        (FaultKind::LatentRot, &mut swarm.disk.latent_rot),
+        (FaultKind::Misdirect, &mut swarm.disk.misdirect),
+        (FaultKind::NoSpace, &mut swarm.disk.no_space),
+        (FaultKind::SyncError, &mut swarm.disk.sync_error),
+    ] {
+        if off(k) {
+            *rate = 0.0;
+        }
+    }
+    for (k, every) in [
+        (FaultKind::Crash, &mut swarm.crash_every_ms),
+        (FaultKind::Kill, &mut swarm.kill_every_ms),
+        (FaultKind::ClockJump, &mut swarm.clock_jump_every_ms),
+    ] {
+        if off(k) {
+            *every = None;
+        }
+    }
+    swarm
+}
+
 fn violation_kind(v: &str) -> &str {
     v.split(':').next().unwrap_or(v)
 }

@@ -173,26 +173,7 @@ pub fn run(opts: &RunOptions) -> RunReport {
     let seed = opts.seed;
     let off = |k: FaultKind| opts.overrides.disables(k);
     let mut swarm_rng = rng::stream(seed, Stream::Swarm);
-    let mut swarm = Swarm::draw_storage(&mut swarm_rng);
-    let zero_if = |rate: &mut f64, k: FaultKind| {
-        if off(k) {
-            *rate = 0.0;
-        }
-    };
-    zero_if(&mut swarm.disk.read_flip, FaultKind::ReadFlip);
-    zero_if(&mut swarm.disk.latent_rot, FaultKind::LatentRot);
-    zero_if(&mut swarm.disk.misdirect, FaultKind::Misdirect);
-    zero_if(&mut swarm.disk.no_space, FaultKind::NoSpace);
-    zero_if(&mut swarm.disk.sync_error, FaultKind::SyncError);
-    for (k, every) in [
-        (FaultKind::Crash, &mut swarm.crash_every_ms),
-        (FaultKind::Kill, &mut swarm.kill_every_ms),
-        (FaultKind::ClockJump, &mut swarm.clock_jump_every_ms),
-    ] {
-        if off(k) {
-            *every = None;
-        }
-    }
+    let swarm = crate::draw_swarm(opts, &mut swarm_rng);
     let flush = match swarm_rng.below(3) {
         0 => FlushPolicy::EveryBatch,
         1 => FlushPolicy::IntervalMs(swarm_rng.between(1, 50)),

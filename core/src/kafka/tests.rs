@@ -1,5 +1,5 @@
 use super::*;
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
