@@ -332,6 +332,12 @@ impl<D: Disk + Clone> Broker<D> {
             broker.by_id.insert(t.id, t.name.clone());
             broker.topics.insert(t.name.clone(), topic);
         }
+        // A partition directory created before a crash may have its entry
+        // in the data directory only in the page cache.
+        broker
+            .disk
+            .sync_dir(&broker.config.data_dir)
+            .map_err(|e| format!("cannot sync data directory {dir}: {e}"))?;
         Ok(broker)
     }
 
@@ -355,6 +361,16 @@ impl<D: Disk + Clone> Broker<D> {
         let mut partitions = Vec::new();
         for p in from..t.partitions {
             partitions.push(self.open_partition(&t.name, p, &settings));
+        }
+        // The partitions' directories are new entries of the data
+        // directory: until that is synced, a power loss can take a whole
+        // partition, acknowledged records and all. If it cannot be synced
+        // they stay offline, and the next start syncs it.
+        if let Err(e) = self.disk.sync_dir(&self.config.data_dir) {
+            for p in &mut partitions {
+                p.log = None;
+                p.problem = Some(format!("cannot sync the data directory: {e}"));
+            }
         }
         Topic {
             id: t.id,
