@@ -72,7 +72,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use odradek_core::buggify::Buggify;
 use odradek_core::io::clock::ManualClock;
-use odradek_core::io::{Address, Envelope, Instant, Random, TimerQueue};
+use odradek_core::io::{Address, Disk, Envelope, Instant, Random, TimerQueue};
 use odradek_core::kafka::meta::META_FILES;
 use odradek_core::kafka::{Broker, BrokerConfig, ConnId, FrameOutcome};
 use odradek_core::storage::batch::{self, BatchBuilder, Batches, TimestampType};
@@ -2459,16 +2459,25 @@ impl Run {
             .min()
     }
 
-    /// Both copies of the topic registry damaged: no restart can bring the
-    /// broker back, and it refuses to start rather than come up empty.
+    /// Every copy of the topic registry on disk damaged (a copy never
+    /// written, because the store that would have made it failed, does not
+    /// count): no restart can bring the broker back, and it refuses to start
+    /// rather than come up empty.
     fn registry_damaged(&self) -> bool {
         let damage = self.disk.damage();
-        META_FILES.iter().all(|name| {
+        let mut any_damaged = false;
+        for name in META_FILES {
             let file = format!("{DATA_DIR}/{name}");
-            damage
+            let damaged = damage
                 .iter()
-                .any(|d| d.path == file || d.path == format!("{file}.tmp"))
-        })
+                .any(|d| d.path == file || d.path == format!("{file}.tmp"));
+            if damaged {
+                any_damaged = true;
+            } else if self.disk.exists(&file).unwrap_or(true) {
+                return false;
+            }
+        }
+        any_damaged
     }
 
     fn both_checkpoint_copies_damaged(&self, tp: Tp) -> bool {
