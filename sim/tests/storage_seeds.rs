@@ -4,34 +4,10 @@
 
 use odradek_sim::{run, RunOptions, Workload};
 
+mod common;
+
 fn check_seeds(seeds: std::ops::Range<u64>) {
-    let mut failures = Vec::new();
-    for seed in seeds.clone() {
-        let opts = RunOptions::new(seed, Workload::Storage);
-        let first = run(&opts);
-        let second = run(&opts);
-        assert!(
-            first.events > 10,
-            "seed {seed} did almost nothing: {} events",
-            first.events
-        );
-        if first.trace_hash != second.trace_hash {
-            failures.push(format!(
-                "seed {seed}: nondeterministic ({:016x} vs {:016x}); replay: odradek sim run --seed {seed} --check-determinism",
-                first.trace_hash, second.trace_hash
-            ));
-        }
-        if let Some(v) = first.violation {
-            failures.push(format!("seed {seed}: {v}; replay: odradek sim run --seed {seed} --workload storage --trace"));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} seeds failed:\n{}",
-        failures.len(),
-        seeds.end - seeds.start,
-        failures.join("\n")
-    );
+    common::check_seeds(Workload::Storage, seeds);
 }
 
 #[test]

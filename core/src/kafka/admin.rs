@@ -221,7 +221,7 @@ impl<D: Disk + Clone> Broker<D> {
             )
         })?;
         self.meta = next;
-        let topic = self.open_topic(&t, 0);
+        let topic = self.create_partitions_durably(&t, 0);
         self.by_id.insert(id, name.to_string());
         self.topics.insert(name.to_string(), topic);
         Ok(())
@@ -548,7 +548,7 @@ impl<D: Disk + Clone> Broker<D> {
             )
         })?;
         self.meta = next;
-        let added = self.open_topic(&tm, have).partitions;
+        let added = self.create_partitions_durably(&tm, have).partitions;
         self.topics
             .get_mut(&name)
             .expect("checked above")

@@ -355,28 +355,35 @@ impl<D: Disk + Clone> Broker<D> {
         self.buggify.child(u64::from(h))
     }
 
-    /// Opens (creating if absent) partitions `from..` of a topic.
+    /// Opens (creating if absent) partitions `from..` of a topic. The data
+    /// directory is not synced here: `open` syncs it once for all topics,
+    /// and new partitions go through [`Broker::create_partitions_durably`].
     fn open_topic(&self, t: &meta::TopicMeta, from: i32) -> Topic<D> {
         let settings = configs::topic_settings(&t.configs, &self.config.settings);
         let mut partitions = Vec::new();
         for p in from..t.partitions {
             partitions.push(self.open_partition(&t.name, p, &settings));
         }
-        // The partitions' directories are new entries of the data
-        // directory: until that is synced, a power loss can take a whole
-        // partition, acknowledged records and all. If it cannot be synced
-        // they stay offline, and the next start syncs it.
-        if let Err(e) = self.disk.sync_dir(&self.config.data_dir) {
-            for p in &mut partitions {
-                p.log = None;
-                p.problem = Some(format!("cannot sync the data directory: {e}"));
-            }
-        }
         Topic {
             id: t.id,
             settings,
             partitions,
         }
+    }
+
+    /// Creates partitions `from..` of a topic and syncs their new
+    /// directories into the data directory: until that is synced, a power
+    /// loss can take a whole partition, acknowledged records and all. If it
+    /// cannot be synced they stay offline, and the next start syncs it.
+    fn create_partitions_durably(&self, t: &meta::TopicMeta, from: i32) -> Topic<D> {
+        let mut topic = self.open_topic(t, from);
+        if let Err(e) = self.disk.sync_dir(&self.config.data_dir) {
+            for p in &mut topic.partitions {
+                p.log = None;
+                p.problem = Some(format!("cannot sync the data directory: {e}"));
+            }
+        }
+        topic
     }
 
     fn open_partition(&self, topic: &str, p: i32, settings: &TopicSettings) -> Partition<D> {
