@@ -10,6 +10,11 @@ offsets, delete groups).
 import threading
 import time
 import unittest
+import warnings
+
+# kafka-python 3 loads its protocol schemas with importlib.resources calls
+# that Python 3.11 deprecates, once per schema.
+warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 import kafka.errors as Errors
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition

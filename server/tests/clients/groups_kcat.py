@@ -32,8 +32,15 @@ PARTITIONS = 4
 GROUP_CONF = ["-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=1000", "-X", "auto.offset.reset=earliest"]
 
 
+_ADMIN = []
+
+
 def admin():
-    return AdminClient({"bootstrap.servers": common.BOOTSTRAP})
+    # One for the whole run: an AdminClient collected while a request is in
+    # flight fails it with _DESTROY.
+    if not _ADMIN:
+        _ADMIN.append(AdminClient({"bootstrap.servers": common.BOOTSTRAP}))
+    return _ADMIN[0]
 
 
 class KcatMember:
@@ -96,6 +103,8 @@ class KcatMember:
             raise AssertionError("kcat -G still running %ss after SIGTERM:\n%s" % (TIMEOUT, self.log()))
         for t in self.threads:
             t.join(TIMEOUT)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
         return code
 
 

@@ -180,8 +180,13 @@ def phase_verify(bootstrap, state_path):
     c.commit(asynchronous=False)
     c.close()
     got = listed_offsets(a, groups["sync"])
-    if got != {"%s:%d" % (topic, part): [PER_PARTITION, ""] for part in range(PARTITIONS)}:
-        failures.append("commit after the restart: %s" % got)
+    # Partitions it read from are committed again (at their end, without
+    # metadata); a partition that was already read to its end keeps its
+    # commit.
+    after = {"%s:%d" % (topic, part): [PER_PARTITION, ""] for part in expected_first}
+    after.update({k: v for k, v in want["sync"].items() if v[0] >= PER_PARTITION})
+    if got != after:
+        failures.append("commit after the restart: %s, expected %s" % (got, after))
 
     if failures:
         sys.exit("after the restart:\n  " + "\n  ".join(failures))
