@@ -6,6 +6,7 @@
 //! (`sim/`). See `docs/ARCHITECTURE.md`.
 
 pub mod buggify;
+pub mod group;
 pub mod io;
 pub mod kafka;
 pub mod storage;
