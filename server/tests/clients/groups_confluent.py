@@ -30,8 +30,10 @@ GROUP TOPIC CONFIG_JSON`: a consumer that prints its rebalance events and
 assignment as JSON lines until it is killed.
 """
 
+import concurrent.futures
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -152,6 +154,7 @@ class Member:
         self.stop = threading.Event()
         self.done = threading.Event()
         self.close_error = None
+        self.calls = queue.Queue()
         conf = group_conf(group, protocol_conf, **extra)
         conf.setdefault("client.id", name)
         conf["error_cb"] = self._on_error
@@ -182,9 +185,23 @@ class Member:
         with self.lock:
             self.errors.append(err)
 
+    def call(self, fn):
+        """fn(consumer) run by the member's own thread, between two polls
+        (a confluent-kafka consumer called from two threads at once can
+        deadlock); returns what it returned, or raises what it raised."""
+        done = concurrent.futures.Future()
+        self.calls.put((fn, done))
+        return done.result(timeout=TIMEOUT + 5)
+
     def _run(self):
         try:
             while not self.stop.is_set():
+                while not self.calls.empty():
+                    fn, done = self.calls.get()
+                    try:
+                        done.set_result(fn(self.consumer))
+                    except Exception as e:  # noqa: BLE001 (handed to the caller)
+                        done.set_exception(e)
                 m = self.consumer.poll(0.1)
                 if m is not None:
                     if m.error() is not None:
@@ -614,6 +631,36 @@ class Kip848(GroupTest):
         (f,) = admin().delete_consumer_groups([group], request_timeout=TIMEOUT).values()
         f.result(timeout=TIMEOUT)
 
+    def test_consumer_protocol_commits_need_the_member_and_its_epoch(self):
+        # OffsetCommit v9 carries the KIP-848 member epoch: an unknown
+        # member is refused with UNKNOWN_MEMBER_ID, an epoch below the
+        # member's with STALE_MEMBER_EPOCH, one above it with
+        # FENCED_MEMBER_EPOCH; nothing refused is stored.
+        import kafka.errors as Errors
+        from groups_kafka_python import admin as kp_admin
+        from groups_kafka_python import committed_offset, raw_commit
+
+        topic = create_topic(unique("grp-848-epoch"), 1)
+        group = unique("grp-848-epoch")
+        a = self.member("epoch", group, [topic], KIP848)
+        self.settle([a], [(topic, 0)], "one consumer-protocol member")
+        member_id = a.call(lambda c: c.memberid())
+        self.assertTrue(member_id)
+        ka = kp_admin()
+        try:
+            self.assertIs(raw_commit(ka, group, 1_000_000, member_id, topic, 0, 3), Errors.FencedMemberEpochError)
+            self.assertIs(raw_commit(ka, group, 0, member_id, topic, 0, 3), Errors.StaleMemberEpochError)
+            self.assertIs(raw_commit(ka, group, 1, "not-a-member", topic, 0, 3), Errors.UnknownMemberIdError)
+            self.assertIsNone(committed_offset(ka, group, topic, 0), "refused commits stored nothing")
+        finally:
+            ka.close()
+        # The member's own commit, with its epoch, is accepted.
+        a.call(lambda c: c.commit(offsets=[TopicPartition(topic, 0, 2)], asynchronous=False))
+        (f,) = admin().list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)], request_timeout=TIMEOUT).values()
+        self.assertEqual([(t.partition, t.offset) for t in f.result(timeout=TIMEOUT).topic_partitions], [(0, 2)])
+        a.close()
+        self.assert_no_errors([a])
+
     def test_consumer_protocol_static_member_with_a_taken_instance_id_is_refused(self):
         # KIP-848: the member that joins with an instance id in use is the
         # one refused (UNRELEASED_INSTANCE_ID); the one holding it stays.
@@ -867,6 +914,47 @@ class Admin(GroupTest):
         except KafkaException as e:
             self.assertIn(error_code(e), (KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS))
         c.close()
+
+    def test_commit_to_a_topic_that_does_not_exist(self):
+        # Kafka checks the partitions of an OffsetCommit against its
+        # metadata: UNKNOWN_TOPIC_OR_PARTITION, nothing stored.
+        topic = create_topic(unique("grp-notopic"), 1)
+        group = unique("grp-notopic")
+        missing = unique("grp-no-such-topic")
+        (f,) = admin().alter_consumer_group_offsets(
+            [ConsumerGroupTopicPartitions(group, [TopicPartition(missing, 0, 5), TopicPartition(topic, 3, 5), TopicPartition(topic, 0, 1)])], request_timeout=TIMEOUT
+        ).values()
+        try:
+            res = f.result(timeout=TIMEOUT)
+            errors = {(t.topic, t.partition): t.error.code() if t.error else None for t in res.topic_partitions}
+        except KafkaException as e:
+            errors = {"request": error_code(e)}
+        self.assertEqual(
+            errors.get((missing, 0), errors.get("request")), KafkaError.UNKNOWN_TOPIC_OR_PART, "commit to a topic that does not exist: %s" % errors
+        )
+        self.assertEqual(
+            errors.get((topic, 3), errors.get("request")), KafkaError.UNKNOWN_TOPIC_OR_PART, "commit to a partition that does not exist: %s" % errors
+        )
+        (f,) = admin().list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)], request_timeout=TIMEOUT).values()
+        stored = sorted((t.topic, t.partition, t.offset) for t in f.result(timeout=TIMEOUT).topic_partitions)
+        self.assertNotIn(missing, {t for t, _, _ in stored}, "offsets stored for a topic that does not exist")
+        self.assertNotIn((topic, 3), {(t, p) for t, p, _ in stored}, "offsets stored for a partition that does not exist")
+
+    def test_session_timeout_outside_the_brokers_bounds_is_refused(self):
+        # group.min.session.timeout.ms (6 s) and group.max.session.timeout.ms
+        # (30 min): JoinGroup outside them fails with INVALID_SESSION_TIMEOUT.
+        topic = create_topic(unique("grp-badsession"), 1)
+        for session_ms in (1000, 1800001):
+            group = unique("grp-badsession")
+            conf = {"session.timeout.ms": session_ms, "heartbeat.interval.ms": 500, "max.poll.interval.ms": max(MAX_POLL_MS, session_ms)}
+            m = self.member("badsession-%d" % session_ms, group, [topic], conf)
+            wait_until(
+                "JoinGroup with session.timeout.ms=%d refused with INVALID_SESSION_TIMEOUT (errors: %s)" % (session_ms, m.error_list()),
+                lambda: [e for e in m.error_list() if e.code() == KafkaError.INVALID_SESSION_TIMEOUT],
+                timeout=SETTLE,
+            )
+            self.assertEqual(m.current(), frozenset())
+            m.close()
 
     def test_delete_group_offsets(self):
         # OffsetDelete. confluent-kafka 2.16 does not bind librdkafka's

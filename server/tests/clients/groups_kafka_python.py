@@ -19,6 +19,7 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 import kafka.errors as Errors
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka.admin import GroupState, KafkaAdminClient, NewTopic
+from kafka.protocol.consumer import HeartbeatRequest, OffsetCommitRequest
 
 import common
 from common import SETTLE, TIMEOUT, Ledger, show, unique, wait_settled, wait_until
@@ -62,6 +63,49 @@ def consumer(group, **conf):
     )
     base.update(conf)
     return KafkaConsumer(**base)
+
+
+def raw_commit(ka, group, generation, member_id, topic, partition, offset):
+    """One OffsetCommit (v9 at most: topics by name) with the generation (or
+    KIP-848 member epoch) and member id given, sent to the group's
+    coordinator; returns the partition's error class."""
+    _Topic = OffsetCommitRequest.OffsetCommitRequestTopic
+    _Partition = _Topic.OffsetCommitRequestPartition
+    request = OffsetCommitRequest(
+        group_id=group,
+        generation_id_or_member_epoch=generation,
+        member_id=member_id,
+        group_instance_id=None,
+        retention_time_ms=-1,
+        topics=[_Topic(name=topic, partitions=[_Partition(partition_index=partition, committed_offset=offset, committed_leader_epoch=-1, committed_metadata="raw")])],
+        max_version=9,
+    )
+
+    response = to_coordinator(ka, group, request)
+    return Errors.for_code(response.topics[0].partitions[0].error_code)
+
+
+def raw_heartbeat(ka, group, generation, member_id):
+    """One Heartbeat for a classic member; returns its error class."""
+    request = HeartbeatRequest(group_id=group, generation_id=generation, member_id=member_id, group_instance_id=None)
+    return Errors.for_code(to_coordinator(ka, group, request).error_code)
+
+
+def to_coordinator(ka, group, request):
+    """Sends a request to the group's coordinator through the admin
+    client's connections; returns the response."""
+
+    async def send():
+        coordinator = await ka._find_coordinator_id(group)
+        return await ka._manager.send(request, node_id=coordinator)
+
+    return ka._manager.run(send)
+
+
+def committed_offset(ka, group, topic, partition):
+    tp = TopicPartition(topic, partition)
+    got = ka.list_group_offsets({group: [tp]})[group].get(tp)
+    return got.offset if got is not None and got.offset >= 0 else None
 
 
 def keys(parts):
@@ -225,6 +269,46 @@ class GroupsKafkaPython(unittest.TestCase):
         c2.commit()
         self.assertEqual({tp.partition: c2.committed(tp) for tp in tps}, {0: 30, 1: 30})
         c2.close(autocommit=False)
+
+    def test_commits_from_an_old_generation_are_rejected(self):
+        # A partition is owned by at most one member per generation, so a
+        # commit is accepted only from a current member with the current
+        # generation (Kafka: UNKNOWN_MEMBER_ID, then ILLEGAL_GENERATION).
+        topic = create_topic(unique("kp-gen"), 2)
+        group = unique("kp-gen")
+        parts = [(topic, p) for p in range(2)]
+        a = self.member("kp-gen-a", group, topic)
+        self.settle([a], parts, "a alone")
+        first = a.consumer._coordinator._generation
+        self.assertGreater(first.generation_id, 0)
+        ka = admin()
+        try:
+            self.assertIs(raw_commit(ka, group, first.generation_id, first.member_id, topic, 0, 5), Errors.NoError)
+            self.assertEqual(committed_offset(ka, group, topic, 0), 5)
+
+            b = self.member("kp-gen-b", group, topic)
+            self.settle([a, b], parts, "b joined")
+            second = a.consumer._coordinator._generation
+            self.assertEqual(second.member_id, first.member_id)
+            self.assertGreater(second.generation_id, first.generation_id, "a rebalance starts a new generation")
+
+            self.assertIs(raw_heartbeat(ka, group, first.generation_id, first.member_id), Errors.IllegalGenerationError, "heartbeat of a's old generation")
+            self.assertIs(raw_heartbeat(ka, group, second.generation_id, "kp-gen-nobody"), Errors.UnknownMemberIdError, "heartbeat of nobody")
+            self.assertIs(raw_heartbeat(ka, group, second.generation_id, first.member_id), Errors.NoError, "heartbeat of a's current generation")
+            self.assertIs(raw_commit(ka, group, first.generation_id, first.member_id, topic, 0, 7), Errors.IllegalGenerationError, "a's old generation")
+            self.assertIs(raw_commit(ka, group, second.generation_id + 1, first.member_id, topic, 0, 7), Errors.IllegalGenerationError, "a generation yet to come")
+            self.assertIs(raw_commit(ka, group, second.generation_id, "kp-gen-nobody", topic, 0, 7), Errors.UnknownMemberIdError)
+            self.assertEqual(committed_offset(ka, group, topic, 0), 5, "rejected commits changed nothing")
+            self.assertIs(raw_commit(ka, group, second.generation_id, first.member_id, topic, 0, 8), Errors.NoError, "a's current generation")
+            self.assertEqual(committed_offset(ka, group, topic, 0), 8)
+
+            a.close()
+            self.settle([b], parts, "a left")
+            self.assertIs(raw_commit(ka, group, second.generation_id, first.member_id, topic, 0, 9), Errors.UnknownMemberIdError, "a member that left")
+            self.assertEqual(committed_offset(ka, group, topic, 0), 8)
+            b.close()
+        finally:
+            ka.close()
 
     def test_admin(self):
         topic = create_topic(unique("kp-admin"), 2)
