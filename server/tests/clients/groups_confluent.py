@@ -54,7 +54,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic
 
 import common
-from common import SETTLE, TIMEOUT, Ledger, show, unique, wait_settled, wait_until
+from common import HOLD, SETTLE, TIMEOUT, Ledger, show, unique, wait_settled, wait_until
 
 # Short sessions keep the crash tests quick: 6 s is Kafka's
 # group.min.session.timeout.ms, the smallest a broker accepts by default.
@@ -661,6 +661,32 @@ class Kip848(GroupTest):
         a.close()
         self.assert_no_errors([a])
 
+    def test_consumer_protocol_static_member_restarts_without_moving_others(self):
+        # A static member's close() is a temporary leave (member epoch -2):
+        # the coordinator keeps its partitions for the session timeout, and
+        # a consumer with the same instance id gets them back, while the
+        # others keep theirs.
+        topic = create_topic(unique("grp-848-static-restart"), 4)
+        group = unique("grp-848-static-restart")
+        parts = [(topic, p) for p in range(4)]
+        a = self.member("sa", group, [topic], KIP848, **{"group.instance.id": "static-a"})
+        b = self.member("sb", group, [topic], KIP848, **{"group.instance.id": "static-b"})
+        snap, _ = self.settle([a, b], parts, "two static consumer-protocol members")
+        events = a.event_count()
+        b.close()
+        time.sleep(1.0)
+        self.assertEqual(a.current(), snap["sa"], "a's partitions while b is away")
+        b2 = self.member("sb2", group, [topic], KIP848, **{"group.instance.id": "static-b"})
+        got = wait_until("b's replacement assigned", lambda: b2.current(), timeout=SETTLE)
+        self.assertEqual(got, snap["sb"], "the restarted static member gets its partitions back")
+        time.sleep(HOLD)
+        self.assertEqual(a.current(), snap["sa"])
+        self.assertEqual(a.event_count(), events, "a saw rebalance callbacks: %s" % a.events[-3:])
+        self.assert_no_violations()
+        a.close()
+        b2.close()
+        self.assert_no_errors([a, b2])
+
     def test_consumer_protocol_static_member_with_a_taken_instance_id_is_refused(self):
         # KIP-848: the member that joins with an instance id in use is the
         # one refused (UNRELEASED_INSTANCE_ID); the one holding it stays.
@@ -680,6 +706,43 @@ class Kip848(GroupTest):
         self.assertEqual(second.current(), frozenset())
         first.close()
         second.close()
+
+
+class Kip848Migration(GroupTest):
+    """Groups with members of both protocols. Kafka 4's default
+    group.consumer.migration.policy is `bidirectional`: a classic member
+    may join a consumer-protocol group, and a consumer-protocol member
+    joining a classic group upgrades it online. Odradek refuses both
+    (BROKER-BUGS.md), hence expectedFailure: once it admits them, these
+    report an unexpected success and the marks should go."""
+
+    def mixed(self, first_conf, second_conf, group_type):
+        topic = create_topic(unique("grp-mixed"), 4)
+        group = unique("grp-mixed")
+        parts = [(topic, p) for p in range(4)]
+        a = self.member("first", group, [topic], first_conf)
+        self.settle([a], parts, "the first member")
+        b = self.member("second", group, [topic], second_conf)
+        deadline = time.monotonic() + SETTLE
+        while not b.current():
+            errors = b.error_list()
+            self.assertEqual([str(e) for e in errors], [], "the second member, of the other protocol, refused")
+            self.assertLess(time.monotonic(), deadline, "the second member, of the other protocol, never assigned")
+            time.sleep(0.1)
+        self.settle([a, b], parts, "members of both protocols")
+        (f,) = admin().describe_consumer_groups([group], request_timeout=TIMEOUT).values()
+        self.assertEqual(f.result(timeout=TIMEOUT).type, group_type)
+        a.close()
+        b.close()
+        self.assert_no_errors([a, b])
+
+    @unittest.expectedFailure
+    def test_classic_member_joins_a_consumer_protocol_group(self):
+        self.mixed(KIP848, dict(CLASSIC, **{"partition.assignment.strategy": "range"}), ConsumerGroupType.CONSUMER)
+
+    @unittest.expectedFailure
+    def test_consumer_protocol_member_upgrades_a_classic_group(self):
+        self.mixed(dict(CLASSIC, **{"partition.assignment.strategy": "cooperative-sticky"}), KIP848, ConsumerGroupType.CONSUMER)
 
 
 class Kip848Crash(GroupTest):
