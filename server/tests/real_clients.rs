@@ -402,6 +402,11 @@ fn groups_confluent_cooperative_sticky_join_leave_crash() {
 }
 
 #[test]
+fn groups_confluent_paused_member_returns() {
+    groups("groups_paused", "groups_confluent.py", &["Paused"]);
+}
+
+#[test]
 fn groups_confluent_commit_and_resume() {
     groups("groups_commit", "groups_confluent.py", &["Commit"]);
 }

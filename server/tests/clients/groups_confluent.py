@@ -576,6 +576,40 @@ class Cooperative(GroupTest):
         self.join_leave_crash(dict(CLASSIC, **{"partition.assignment.strategy": "cooperative-sticky"}), sticky=True)
 
 
+class Paused(GroupTest):
+    def test_paused_member_comes_back_after_its_session_expired(self):
+        # SIGSTOP a member past its session timeout: the others take its
+        # partitions; on SIGCONT it learns it was removed (UNKNOWN_MEMBER_ID
+        # on its next heartbeat), gives its partitions up and joins again,
+        # and the three settle once more.
+        topic = create_topic(unique("grp-paused"), 6)
+        group = unique("grp-paused")
+        parts = [(topic, p) for p in range(6)]
+        conf = dict(CLASSIC, **{"partition.assignment.strategy": "range"})
+        a = self.member("a", group, [topic], conf)
+        b = self.member("b", group, [topic], conf)
+        # The paused member keeps believing it owns its partitions while it
+        # is stopped (a zombie of an old generation): its ownership is kept
+        # out of the shared ledger.
+        x = CrashableMember("x", group, topic, Ledger(), conf)
+        self.crashable.append(x)
+        snap, _ = self.settle([a, b, x], parts, "three members")
+        held = snap["x"]
+        self.assertTrue(held)
+        x.proc.send_signal(signal.SIGSTOP)
+        try:
+            self.settle([a, b], parts, "x paused", timeout=SESSION_MS / 1000 + SETTLE)
+        finally:
+            x.proc.send_signal(signal.SIGCONT)
+        self.settle([a, b, x], parts, "x back")
+        with x.lock:
+            gave_up = [ev for ev in x.lines if ev["event"] in ("revoke", "lost") and {tuple(tp) for tp in ev["partitions"]} >= held]
+        self.assertTrue(gave_up, "x gave up the partitions it held before the pause: %s" % x.lines[-6:])
+        self.assert_no_errors([a, b])
+        a.close()
+        b.close()
+
+
 class Commit(GroupTest):
     def test_sync_commit_with_metadata_then_resume(self):
         self.commit_and_resume(CLASSIC)
@@ -1002,6 +1036,48 @@ class Admin(GroupTest):
         stored = sorted((t.topic, t.partition, t.offset) for t in f.result(timeout=TIMEOUT).topic_partitions)
         self.assertNotIn(missing, {t for t, _, _ in stored}, "offsets stored for a topic that does not exist")
         self.assertNotIn((topic, 3), {(t, p) for t, p, _ in stored}, "offsets stored for a partition that does not exist")
+
+    def test_offset_metadata_and_leader_epoch(self):
+        # Metadata within offset.metadata.max.bytes (4096) is kept, longer
+        # is refused (OFFSET_METADATA_TOO_LARGE); the committed leader epoch
+        # comes back with the offset. (confluent-kafka sends the metadata
+        # with its terminating NUL, one byte more than the string: the exact
+        # boundary is checked through kafka-python.)
+        topic = create_topic(unique("grp-meta"), 2)
+        group = unique("grp-meta")
+        c = Consumer(group_conf(group, CLASSIC))
+        try:
+            done = c.commit(offsets=[TopicPartition(topic, 0, 4, metadata="m" * 4000, leader_epoch=0)], asynchronous=False)
+            self.assertEqual([t.error for t in done], [None])
+            with self.assertRaises(KafkaException) as e:
+                c.commit(offsets=[TopicPartition(topic, 1, 4, metadata="m" * 5000)], asynchronous=False)
+            self.assertEqual(error_code(e.exception), KafkaError.OFFSET_METADATA_TOO_LARGE)
+            seen = c.committed([TopicPartition(topic, 0), TopicPartition(topic, 1)], timeout=TIMEOUT)
+            self.assertEqual([(t.partition, t.offset, (t.metadata or "").rstrip("\0"), t.leader_epoch) for t in seen], [(0, 4, "m" * 4000, 0), (1, -1001, "", None)])
+        finally:
+            c.close()
+
+    def test_offsets_of_a_deleted_topic_go_with_it(self):
+        # Kafka drops a group's committed offsets for partitions whose topic
+        # is deleted; a topic created again with the same name starts with
+        # no committed offsets.
+        topic = create_topic(unique("grp-deltopic"), 2)
+        kept = create_topic(unique("grp-kept"), 1)
+        group = unique("grp-deltopic")
+        c = Consumer(group_conf(group, CLASSIC))
+        c.commit(offsets=[TopicPartition(topic, 0, 1), TopicPartition(topic, 1, 2), TopicPartition(kept, 0, 3)], asynchronous=False)
+        c.close()
+        admin().delete_topics([topic], request_timeout=TIMEOUT)[topic].result(timeout=TIMEOUT)
+
+        def listed():
+            (f,) = admin().list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)], request_timeout=TIMEOUT).values()
+            return sorted((t.topic, t.partition, t.offset) for t in f.result(timeout=TIMEOUT).topic_partitions)
+
+        wait_until("the deleted topic's offsets gone (listed: %s)" % listed(), lambda: listed() == [(kept, 0, 3)], timeout=10)
+        wait_until("%s gone from the metadata" % topic, lambda: topic not in admin().list_topics(timeout=TIMEOUT).topics, timeout=10)
+        create_topic(topic, 2)
+        (f,) = admin().list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, [TopicPartition(topic, 0), TopicPartition(topic, 1)])], request_timeout=TIMEOUT).values()
+        self.assertEqual(sorted((t.partition, t.offset) for t in f.result(timeout=TIMEOUT).topic_partitions), [(0, -1001), (1, -1001)])
 
     def test_session_timeout_outside_the_brokers_bounds_is_refused(self):
         # group.min.session.timeout.ms (6 s) and group.max.session.timeout.ms

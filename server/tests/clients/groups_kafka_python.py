@@ -310,6 +310,21 @@ class GroupsKafkaPython(unittest.TestCase):
         finally:
             ka.close()
 
+    def test_offset_metadata_limit(self):
+        # offset.metadata.max.bytes (4096): metadata of that length is kept,
+        # one byte more is refused with OFFSET_METADATA_TOO_LARGE.
+        topic = create_topic(unique("kp-meta"), 1)
+        group = unique("kp-meta")
+        ka = admin()
+        try:
+            tp = TopicPartition(topic, 0)
+            self.assertEqual(ka.alter_group_offsets(group, {tp: OffsetAndMetadata(3, "m" * 4096, -1)}), {tp: Errors.NoError})
+            self.assertEqual(ka.alter_group_offsets(group, {tp: OffsetAndMetadata(4, "m" * 4097, -1)}), {tp: Errors.OffsetMetadataTooLargeError})
+            got = ka.list_group_offsets({group: [tp]})[group][tp]
+            self.assertEqual((got.offset, got.metadata), (3, "m" * 4096))
+        finally:
+            ka.close()
+
     def test_admin(self):
         topic = create_topic(unique("kp-admin"), 2)
         active = unique("kp-active")
