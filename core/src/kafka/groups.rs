@@ -330,6 +330,27 @@ impl<D: Disk + Clone> Broker<D> {
     /// and a close for those whose partition failed.
     pub(crate) fn release_group_replies(&mut self) -> Vec<(ConnId, FrameOutcome)> {
         let mut out = Vec::new();
+        // A partition whose log went offline (a failed sync) may have
+        // groups in memory ahead of what is on disk: they stop being
+        // served, and the requests parked in them are closed.
+        for p in 0..self.groups.num_partitions {
+            let online = self
+                .partition(OFFSETS_TOPIC, p)
+                .is_some_and(|part| part.log().is_ok());
+            if self.groups.is_loaded(p) && !online {
+                for w in self.groups.unload(p) {
+                    let conn = ConnId(w);
+                    if self.parked_group.remove(&conn).is_some() {
+                        out.push((
+                            conn,
+                            FrameOutcome::Close(format!(
+                                "partition {p} of {OFFSETS_TOPIC} went offline"
+                            )),
+                        ));
+                    }
+                }
+            }
+        }
         let conns: Vec<ConnId> = self.durable_group.keys().copied().collect();
         for conn in conns {
             let d = &self.durable_group[&conn];
