@@ -228,6 +228,18 @@ fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 /// Runs a script with `args`; panics with its output (and the broker's)
 /// unless it exits 0.
 fn run_script(python: &Path, broker: &mut Broker, logs: &Path, script: &str, args: &[&str]) {
+    run_script_env(python, broker, logs, script, args, &[])
+}
+
+/// As [`run_script`], with more environment variables for the script.
+fn run_script_env(
+    python: &Path,
+    broker: &mut Broker,
+    logs: &Path,
+    script: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) {
     let out_path = logs.join(format!(
         "{script}.{}.out",
         args.join("_").replace(['/', ':'], "_")
@@ -244,6 +256,7 @@ fn run_script(python: &Path, broker: &mut Broker, logs: &Path, script: &str, arg
         // inside SCRIPT_TIMEOUT, so that every failure in it is reported.
         .env("ODRADEK_CLIENT_TIMEOUT", "10")
         .env("PYTHONUNBUFFERED", "1")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out)
@@ -438,10 +451,10 @@ fn groups_confluent_protocol_migration() {
 }
 
 /// KIP-848 moves the session timeout to the broker
-/// (`group.consumer.session.timeout.ms`, 45 s by default, and at least
-/// `group.consumer.min.session.timeout.ms`). This broker is asked for 6 s
-/// with Kafka's settings; the script allows for the 45 s default (a broker
-/// that does not know the settings logs them as unknown and ignores them).
+/// (`group.consumer.session.timeout.ms`, 45 s by default; Kafka also wants
+/// `group.consumer.min.session.timeout.ms` lowered to allow 6 s, which
+/// Odradek does not have and logs as unknown): this broker gets 6 s, and
+/// the script expects a killed member's partitions to move within it.
 #[test]
 fn groups_confluent_kip848_crash() {
     let Some(python) = clients_or_skip("groups_kip848_crash", false) else {
@@ -464,12 +477,13 @@ fn groups_confluent_kip848_crash() {
         &["--config", config.to_str().unwrap()],
     );
     let addr = broker.addr.to_string();
-    run_script(
+    run_script_env(
         &python,
         &mut broker,
         dir.path(),
         "groups_confluent.py",
         &[&addr, "-k", "Kip848Crash"],
+        &[("ODRADEK_GROUP_CONSUMER_SESSION_TIMEOUT_MS", "6000")],
     );
     broker.stop();
 }

@@ -71,10 +71,9 @@ CLASSIC = {
 # KIP-848: the session timeout, heartbeat interval and assignor are the
 # broker's; librdkafka refuses the classic settings in this mode.
 KIP848 = {"group.protocol": "consumer", "max.poll.interval.ms": MAX_POLL_MS}
-# Kafka's group.consumer.session.timeout.ms default, the most a crashed
-# KIP-848 member can take to be removed; a broker configured lower
-# (real_clients.rs asks for 6 s) removes it sooner. Another bound for a
-# broker configured otherwise: ODRADEK_GROUP_CONSUMER_SESSION_TIMEOUT_MS.
+# The broker's group.consumer.session.timeout.ms: Kafka's default, unless
+# the broker was given another (real_clients.rs gives 6 s, and says so
+# here).
 KIP848_SESSION_MS = int(os.environ.get("ODRADEK_GROUP_CONSUMER_SESSION_TIMEOUT_MS", "45000"))
 
 
@@ -695,11 +694,15 @@ class Kip848(GroupTest):
         a.close()
         self.assert_no_errors([a])
 
+    # Odradek treats the temporary leave as a permanent one: BROKER-BUGS.md.
+    # Once fixed this reports an unexpected success; drop the mark then.
+    @unittest.expectedFailure
     def test_consumer_protocol_static_member_restarts_without_moving_others(self):
         # A static member's close() is a temporary leave (member epoch -2):
-        # the coordinator keeps its partitions for the session timeout, and
-        # a consumer with the same instance id gets them back, while the
-        # others keep theirs.
+        # the coordinator keeps the member and its partitions for the
+        # session timeout (45 s) without a new group epoch, and a consumer
+        # with the same instance id takes them back, while the others keep
+        # theirs throughout.
         topic = create_topic(unique("grp-848-static-restart"), 4)
         group = unique("grp-848-static-restart")
         parts = [(topic, p) for p in range(4)]
@@ -708,8 +711,11 @@ class Kip848(GroupTest):
         snap, _ = self.settle([a, b], parts, "two static consumer-protocol members")
         events = a.event_count()
         b.close()
-        time.sleep(1.0)
+        # Longer than the heartbeat interval (5 s), so that a would have
+        # heard of any new assignment; well inside the session timeout.
+        time.sleep(6.5)
         self.assertEqual(a.current(), snap["sa"], "a's partitions while b is away")
+        self.assertEqual(a.event_count(), events, "a saw rebalance callbacks while b was away: %s" % a.events[-3:])
         b2 = self.member("sb2", group, [topic], KIP848, **{"group.instance.id": "static-b"})
         got = wait_until("b's replacement assigned", lambda: b2.current(), timeout=SETTLE)
         self.assertEqual(got, snap["sb"], "the restarted static member gets its partitions back")
