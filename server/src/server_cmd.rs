@@ -62,6 +62,10 @@ pub const KEYS: &[&str] = &[
     "group.consumer.session.timeout.ms",
     "group.consumer.heartbeat.interval.ms",
     "group.consumer.max.size",
+    "group.consumer.min.session.timeout.ms",
+    "group.consumer.max.session.timeout.ms",
+    "group.consumer.min.heartbeat.interval.ms",
+    "group.consumer.max.heartbeat.interval.ms",
 ];
 
 /// Coarser spellings Kafka accepts for two topic defaults, as (key, the
@@ -493,6 +497,36 @@ pub fn resolve(
         )? as i32,
         consumer_max_size: int_in("group.consumer.max.size", &max.to_string(), 1, max)? as usize,
     };
+    // Kafka's bounds on the KIP-848 timings: the value must lie within them.
+    for (key, value, lo_key, lo, hi_key, hi) in [
+        (
+            "group.consumer.session.timeout.ms",
+            "45000",
+            "group.consumer.min.session.timeout.ms",
+            "45000",
+            "group.consumer.max.session.timeout.ms",
+            "60000",
+        ),
+        (
+            "group.consumer.heartbeat.interval.ms",
+            "5000",
+            "group.consumer.min.heartbeat.interval.ms",
+            "5000",
+            "group.consumer.max.heartbeat.interval.ms",
+            "15000",
+        ),
+    ] {
+        let v = int_in(key, value, 1, max)?;
+        let lo_v = int_in(lo_key, lo, 1, max)?;
+        let hi_v = int_in(hi_key, hi, 1, max)?;
+        if v < lo_v || v > hi_v {
+            return Err(bad(
+                key,
+                &get(key, value),
+                &format!("must lie within {lo_key} ({lo_v}) and {hi_key} ({hi_v})"),
+            ));
+        }
+    }
     if group.min_session_timeout_ms > group.max_session_timeout_ms {
         let v = get("group.min.session.timeout.ms", "6000");
         return Err(bad(
