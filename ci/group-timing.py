@@ -246,10 +246,17 @@ def wait_settled(members, partitions, hold, timeout, what, origin=None):
 # ---- the runs ----
 
 
+_ADMIN = {}
+
+
 def create_topic(bootstrap, name, partitions):
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    a = AdminClient({"bootstrap.servers": bootstrap})
+    # One admin client for the run, quiet about the broker going away at
+    # the end (librdkafka logs that at level 6).
+    if bootstrap not in _ADMIN:
+        _ADMIN[bootstrap] = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+    a = _ADMIN[bootstrap]
     a.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])[name].result(timeout=30)
 
 
