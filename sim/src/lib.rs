@@ -13,6 +13,7 @@ pub mod net;
 pub mod rng;
 pub mod storage;
 pub mod trace;
+pub(crate) mod wire;
 
 use std::fmt;
 
