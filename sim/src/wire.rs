@@ -514,10 +514,17 @@ pub(crate) trait Wire: Sized {
     fn unanswered_gap(&mut self, _c: usize) -> u64 {
         MS
     }
-    /// Whether a client may act now (a paused client may not).
-    fn can_step(&self, _c: usize) -> bool {
-        true
+    /// Until when a client is paused, if it is: it reads nothing, sends
+    /// nothing and its timers wait.
+    fn paused_until(&self, _c: usize) -> Option<u64> {
+        None
     }
+    /// A request's answer will never come (its connection failed): its
+    /// outcome is unknown.
+    fn request_lost(&mut self, _c: usize, _req: &Self::Req) {}
+    /// A frame that reached a paused client, for it to read when it
+    /// resumes.
+    fn hold(&mut self, _c: usize, _conn: u64, _frame: Vec<u8>) {}
     /// The broker closed a connection instead of answering.
     fn broker_closed(&mut self, conn: u64, reason: String, fire_and_forget: bool) {
         if fire_and_forget {
@@ -578,7 +585,9 @@ pub(crate) trait Wire: Sized {
                 }
                 Event::ClientTimeout(c, serial) => self.client_timeout(c, serial),
                 Event::ClientReset(c, conn) => {
-                    if self.client_ref(c).conn == Some(conn) {
+                    if let Some(t) = self.paused_until(c) {
+                        self.host().schedule_at(t, ev);
+                    } else if self.client_ref(c).conn == Some(conn) {
                         self.client_error(c, "connection reset".to_string());
                     }
                 }
@@ -862,7 +871,11 @@ pub(crate) trait Wire: Sized {
                     let c = h.conns.get_mut(&conn).expect("alive");
                     let client = c.client;
                     for frame in c.at_client.push(seq, data) {
-                        self.client_frame(client, conn, frame);
+                        if self.paused_until(client).is_some() {
+                            self.hold(client, conn, frame);
+                        } else {
+                            self.client_frame(client, conn, frame);
+                        }
                     }
                 }
             }
@@ -890,6 +903,11 @@ pub(crate) trait Wire: Sized {
         {
             return;
         }
+        if let Some(t) = self.paused_until(c) {
+            return self
+                .host()
+                .schedule_at(t, Event::ClientTimeout(c, serial));
+        }
         self.host().stats.timeouts += 1;
         if let Some(conn) = self.client_ref(c).conn {
             self.host().reset_conn(conn, true);
@@ -900,11 +918,13 @@ pub(crate) trait Wire: Sized {
     /// The connection failed under a request: its outcome is unknown, and
     /// the client reconnects after a backoff and retries.
     fn client_error(&mut self, c: usize, why: String) {
-        let what = self
-            .client(c)
-            .out
-            .take()
+        let lost = self.client(c).out.take();
+        let what = lost
+            .as_ref()
             .map_or("idle".to_string(), |o| format!("{:?}", o.req.key()));
+        if let Some(o) = lost {
+            self.request_lost(c, &o.req);
+        }
         let h = self.host();
         trace!(h, "c{c}: {why} ({what})");
         let client = self.client(c);
@@ -958,7 +978,10 @@ pub(crate) trait Wire: Sized {
     }
 
     fn client_step(&mut self, c: usize) {
-        if self.client_ref(c).out.is_some() || self.client_ref(c).stopped || !self.can_step(c) {
+        if self.client_ref(c).out.is_some()
+            || self.client_ref(c).stopped
+            || self.paused_until(c).is_some()
+        {
             return;
         }
         let conn = self.client_ref(c).conn;
