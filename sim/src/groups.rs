@@ -76,8 +76,8 @@ use kafka_protocol::messages::{
     CreateTopicsResponse, FetchRequest, FetchResponse, FindCoordinatorRequest,
     FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
     JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, OffsetCommitRequest,
-    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, ProduceResponse,
-    ResponseHeader, SyncGroupRequest, SyncGroupResponse,
+    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, ProduceResponse, ResponseHeader,
+    SyncGroupRequest, SyncGroupResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use odradek_core::group::{partition_for, GroupConfig};
@@ -589,15 +589,14 @@ pub fn run(opts: &RunOptions) -> RunReport {
         .overrides
         .safety_ms
         .map_or(drawn_safety_ms, |ms| ms.min(drawn_safety_ms));
-    let crash_every = (!off(FaultKind::Kill) && swarm_rng.chance(0.6))
-        .then(|| swarm_rng.between(500, 3_000));
-    let pause_every = (!off(FaultKind::Pause) && swarm_rng.chance(0.7))
-        .then(|| swarm_rng.between(300, 2_000));
+    let crash_every =
+        (!off(FaultKind::Kill) && swarm_rng.chance(0.6)).then(|| swarm_rng.between(500, 3_000));
+    let pause_every =
+        (!off(FaultKind::Pause) && swarm_rng.chance(0.7)).then(|| swarm_rng.between(300, 2_000));
     let max_session = groups.iter().map(|g| g.session_ms).max().unwrap_or(0) as u64;
     let max_rebalance = groups.iter().map(|g| g.rebalance_ms).max().unwrap_or(0) as u64;
-    let stable_bound_ms = 2_000
-        + config.group.initial_rebalance_delay_ms as u64
-        + 4 * (max_session + max_rebalance);
+    let stable_bound_ms =
+        2_000 + config.group.initial_rebalance_delay_ms as u64 + 4 * (max_session + max_rebalance);
     let mut schedule_rng = rng::stream(seed, Stream::Schedule);
     let schedule = Schedule::generate(&mut schedule_rng, &swarm, &[NODE], safety_ms);
     let disk = SimDisk::new(rng::stream(seed, Stream::Disk), swarm.disk);
@@ -719,13 +718,9 @@ impl Run {
             .iter()
             .enumerate()
             .filter_map(|(i, c)| {
-                c.member.as_ref().map(|m| {
-                    format!(
-                        "c{i}:g{}{}",
-                        m.g,
-                        if m.sloppy { "(sloppy)" } else { "" }
-                    )
-                })
+                c.member
+                    .as_ref()
+                    .map(|m| format!("c{i}:g{}{}", m.g, if m.sloppy { "(sloppy)" } else { "" }))
             })
             .collect();
         trace!(
@@ -786,7 +781,11 @@ impl Run {
     /// state may legitimately go back, and its checks stop.
     fn excused(&self, g: usize) -> bool {
         let dir = format!("{DATA_DIR}/{OFFSETS_TOPIC}-{}/", self.groups[g].partition);
-        self.h.disk.damage().iter().any(|d| d.path.starts_with(&dir))
+        self.h
+            .disk
+            .damage()
+            .iter()
+            .any(|d| d.path.starts_with(&dir))
     }
 
     fn gname(&self, g: usize) -> &str {
@@ -872,7 +871,11 @@ impl Run {
             (Req::ConsumerHeartbeat { g, .. }, Resp::ConsumerHeartbeat(r))
                 if r.error_code == code::NONE =>
             {
-                let id = r.member_id.as_ref().map(|m| m.to_string()).unwrap_or_default();
+                let id = r
+                    .member_id
+                    .as_ref()
+                    .map(|m| m.to_string())
+                    .unwrap_or_default();
                 self.epochs
                     .entry((*g, id))
                     .or_default()
@@ -906,7 +909,8 @@ impl Run {
                 .epochs
                 .get(&(g, member.to_string()))
                 .and_then(|v| v.iter().find(|(o, e)| *o < sent && *e > gen));
-            return later.map(|(_, e)| format!("a heartbeat had already answered it with epoch {e}"));
+            return later
+                .map(|(_, e)| format!("a heartbeat had already answered it with epoch {e}"));
         }
         if let Some((_, later)) = self
             .synced
@@ -1177,7 +1181,11 @@ impl Run {
     }
 
     fn on_produce(&mut self, c: usize, r: ProduceResponse) {
-        for p in r.responses.iter().flat_map(|t| t.partition_responses.iter()) {
+        for p in r
+            .responses
+            .iter()
+            .flat_map(|t| t.partition_responses.iter())
+        {
             if p.error_code == code::KAFKA_STORAGE_ERROR {
                 self.note_storage_error();
             }
@@ -1208,7 +1216,8 @@ impl Run {
             }
         }
         self.h.restart_pending = true;
-        self.h.schedule_at(self.h.now + 10 * MS, Event::OperatorRestart);
+        self.h
+            .schedule_at(self.h.now + 10 * MS, Event::OperatorRestart);
     }
 
     fn final_step(&mut self, c: usize) {
@@ -1297,7 +1306,8 @@ impl Run {
             return self.commit(c, gen, positions);
         }
         if !missing.is_empty() {
-            let member = kip848.then(|| (self.member(c).member_id.clone(), self.member(c).generation));
+            let member =
+                kip848.then(|| (self.member(c).member_id.clone(), self.member(c).generation));
             return self.offset_fetch(c, g, missing, member);
         }
         if self.phase == Phase::Safety && self.h.rng.chance(0.002) {
@@ -1503,11 +1513,12 @@ impl Run {
             member: member.clone(),
         };
         self.send(c, req, version, |corr| {
-            let mut body =
-                LeaveGroupRequest::default().with_group_id(GroupId(StrBytes::from_string(name.clone())));
+            let mut body = LeaveGroupRequest::default()
+                .with_group_id(GroupId(StrBytes::from_string(name.clone())));
             if version >= 3 {
-                body.members = vec![MemberIdentity::default()
-                    .with_member_id(StrBytes::from_string(member.clone()))];
+                body.members =
+                    vec![MemberIdentity::default()
+                        .with_member_id(StrBytes::from_string(member.clone()))];
             } else {
                 body.member_id = StrBytes::from_string(member.clone());
             }
@@ -1525,7 +1536,10 @@ impl Run {
         let sent = self.tick();
         let first = self.commits.len();
         for (&p, &offset) in &positions {
-            self.commits_of.entry((g, p)).or_default().push(self.commits.len());
+            self.commits_of
+                .entry((g, p))
+                .or_default()
+                .push(self.commits.len());
             self.commits.push(Commit {
                 g,
                 p,
@@ -1760,7 +1774,9 @@ impl Run {
                     code::ILLEGAL_GENERATION | code::FENCED_MEMBER_EPOCH => {
                         self.rejoin(c, "commit fenced", false, false)
                     }
-                    code::UNKNOWN_MEMBER_ID => self.rejoin(c, "commit: unknown member", false, true),
+                    code::UNKNOWN_MEMBER_ID => {
+                        self.rejoin(c, "commit: unknown member", false, true)
+                    }
                     code::REBALANCE_IN_PROGRESS => {
                         self.rejoin(c, "commit: rebalance in progress", false, false)
                     }
@@ -1861,9 +1877,7 @@ impl Run {
             code::NONE => {
                 let parts = match decode_assignment(&r.assignment) {
                     Ok(p) => p,
-                    Err(e) => {
-                        return self.fail("protocol-error", format!("c{c}: assignment: {e}"))
-                    }
+                    Err(e) => return self.fail("protocol-error", format!("c{c}: assignment: {e}")),
                 };
                 let g = m.g;
                 trace!(self, "c{c}: generation {gen} owns {parts:?}");
@@ -1948,7 +1962,12 @@ impl Run {
                 self.after(c)
             }
             code::FENCED_MEMBER_EPOCH | code::UNKNOWN_MEMBER_ID => {
-                self.rejoin(c, &format!("heartbeat error {}", r.error_code), false, false);
+                self.rejoin(
+                    c,
+                    &format!("heartbeat error {}", r.error_code),
+                    false,
+                    false,
+                );
                 self.after(c)
             }
             e if code::coordinator(e) => self.coordinator_lost(c, e),
@@ -2078,7 +2097,10 @@ impl Run {
         let quiet = self.h.disk.faults().quiet();
         self.h.disk.set_faults(quiet);
         self.h.net.set_faults(self.h.net_faults.quiet());
-        trace!(self, "safety phase over: faults off, the groups must settle");
+        trace!(
+            self,
+            "safety phase over: faults off, the groups must settle"
+        );
         for c in 0..self.clients.len() {
             let Some(m) = self.clients[c].member.as_ref() else {
                 continue;
@@ -2247,7 +2269,11 @@ impl Wire for Run {
     fn after_event(&mut self) {
         if self.phase == Phase::Settle && self.settled() {
             let took = (self.h.now - self.safety_end) / MS;
-            trace!(self, "settled {took} ms after faults stopped: {}", self.describe_members());
+            trace!(
+                self,
+                "settled {took} ms after faults stopped: {}",
+                self.describe_members()
+            );
             self.stable_at = Some(self.h.now);
             self.phase = Phase::Run;
             let run_ms = 2 * self.groups.iter().map(|g| g.commit_ms).max().unwrap_or(0) + 300;
@@ -2296,7 +2322,10 @@ impl Wire for Run {
         if reason.contains(OFFSETS_TOPIC) {
             // A group partition failed under the request: its outcome is
             // unknown, and the partition is offline until a restart.
-            trace!(self, "broker closed c{client}'s connection {conn}: {reason}");
+            trace!(
+                self,
+                "broker closed c{client}'s connection {conn}: {reason}"
+            );
             self.h.reset_conn(conn, true);
             return self.note_storage_error();
         }

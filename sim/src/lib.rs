@@ -91,6 +91,7 @@ impl RunOptions {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum FaultKind {
     Crash,
+    /// The broker process killed; in the groups workload, members crash too.
     Kill,
     ClockJump,
     ReadFlip,

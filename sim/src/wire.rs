@@ -904,9 +904,7 @@ pub(crate) trait Wire: Sized {
             return;
         }
         if let Some(t) = self.paused_until(c) {
-            return self
-                .host()
-                .schedule_at(t, Event::ClientTimeout(c, serial));
+            return self.host().schedule_at(t, Event::ClientTimeout(c, serial));
         }
         self.host().stats.timeouts += 1;
         if let Some(conn) = self.client_ref(c).conn {
