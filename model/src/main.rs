@@ -10,7 +10,9 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use odradek_model::group::{self, ClientBug, Config, SAFETY, STABLE_AFTER_RESTART, STABLE_GROUP};
+use odradek_model::group::{
+    self, ClientBug, Config, EXPELLED_OWNER, SAFETY, STABLE_AFTER_RESTART, STABLE_GROUP,
+};
 
 #[derive(Parser)]
 #[command(
@@ -53,6 +55,14 @@ enum Command {
         /// No member crashes.
         #[arg(long)]
         no_crashes: bool,
+        /// Time may also pass short of the next deadline (a quantum), so
+        /// members' deadlines differ; otherwise the clock only jumps from
+        /// deadline to deadline.
+        #[arg(long)]
+        time_passes: bool,
+        /// Members may also close (LeaveGroup) and restart.
+        #[arg(long)]
+        leaves: bool,
         /// The coordinator may crash and come back from its records.
         #[arg(long)]
         failover: bool,
@@ -77,6 +87,8 @@ fn main() -> ExitCode {
         bug,
         reliable,
         no_crashes,
+        time_passes,
+        leaves,
         failover,
         max_faults,
         max_generation,
@@ -91,7 +103,9 @@ fn main() -> ExitCode {
             Bug::AcceptStaleReplies => ClientBug::AcceptStaleReplies,
         },
         lossy: !reliable,
+        time_passes,
         member_crashes: !no_crashes,
+        member_leaves: leaves,
         coordinator_failover: failover,
         max_faults,
         max_generation,
@@ -107,7 +121,7 @@ fn main() -> ExitCode {
         };
         println!("  always    {name}: {verdict}");
     }
-    for name in [STABLE_GROUP, STABLE_AFTER_RESTART] {
+    for name in [STABLE_GROUP, STABLE_AFTER_RESTART, EXPELLED_OWNER] {
         let verdict = if out.found(name) {
             "found"
         } else {

@@ -5,7 +5,7 @@
 //! Deeper runs: `cargo run -p odradek-model --release -- classic --depth N`.
 
 use odradek_model::group::{
-    check, find, ClientBug, Config, Outcome, SAFETY, SINGLE_OWNER_PER_GENERATION,
+    check, find, ClientBug, Config, Outcome, EXPELLED_OWNER, SAFETY, SINGLE_OWNER_PER_GENERATION,
     STABLE_AFTER_RESTART, STABLE_GROUP,
 };
 
@@ -13,6 +13,15 @@ fn show(name: &str, out: &Outcome) {
     println!("{name}: {}", out.summary());
     for (property, trace) in &out.discoveries {
         println!("  discovery: {property} ({} steps)", trace.len());
+    }
+}
+
+fn assert_safe(out: &Outcome) {
+    for property in SAFETY {
+        if out.found(property) {
+            print_trace(out, property);
+        }
+        assert!(!out.found(property), "{property} fails");
     }
 }
 
@@ -24,8 +33,9 @@ fn print_trace(out: &Outcome, property: &str) {
 
 /// Two members, two partitions, a lossy network, one fault (a request
 /// given up or a member crash, at any point), every state within 16 steps:
-/// enough for the group to form (14 steps at the least), and for a member
-/// to crash and its successor to be in a stable group again.
+/// enough for the group to form (14 steps at the least), for a member to
+/// crash and its successor to be in a stable group again, and for a member
+/// the group dropped to hold partitions given to the other.
 #[test]
 fn classic_group_is_safe_and_reaches_a_stable_group() {
     let cfg = Config {
@@ -34,38 +44,58 @@ fn classic_group_is_safe_and_reaches_a_stable_group() {
     };
     let out = check(cfg, 16, 1);
     show("classic group, 1 fault", &out);
-    for property in SAFETY {
-        if out.found(property) {
-            print_trace(&out, property);
-        }
-        assert!(!out.found(property), "{property} fails");
-    }
+    assert_safe(&out);
     assert!(out.found(STABLE_GROUP), "no stable group within the bound");
     assert!(
         out.found(STABLE_AFTER_RESTART),
         "no stable group after a restart within the bound"
     );
-    assert!(out.unique_states > 100_000, "the search was too small");
+    assert!(
+        out.found(EXPELLED_OWNER),
+        "no expelled owner within the bound"
+    );
+    assert!(out.unique_states > 500_000, "the search was too small");
 }
 
-/// Coordinator failover: the coordinator may crash at any point and the
-/// next one loads the group from its records.
+/// Time also passes short of deadlines, so one member's session can run
+/// out while the other's does not; no faults.
 #[test]
-fn classic_group_is_safe_across_coordinator_failover() {
+fn classic_group_is_safe_when_time_passes_between_deadlines() {
+    let cfg = Config {
+        max_faults: 0,
+        time_passes: true,
+        lossy: false,
+        ..Config::default()
+    };
+    let out = check(cfg, 22, 1);
+    show("classic group, time passing, no fault", &out);
+    assert_safe(&out);
+    assert!(out.found(STABLE_GROUP), "no stable group within the bound");
+    assert!(
+        out.found(EXPELLED_OWNER),
+        "no expelled owner within the bound"
+    );
+}
+
+/// Coordinator failover (the coordinator crashes at any point and the next
+/// one loads the group from its records) and members that close with a
+/// LeaveGroup: one of them, or one request given up. The network is
+/// reliable here only to keep the search small: losing a message adds
+/// nothing to what members and coordinator can reach (a lost message is
+/// one never delivered), it only adds network states.
+#[test]
+fn classic_group_is_safe_across_failover_and_leaves() {
     let cfg = Config {
         max_faults: 1,
         member_crashes: false,
+        member_leaves: true,
         coordinator_failover: true,
+        lossy: false,
         ..Config::default()
     };
     let out = check(cfg, 14, 1);
-    show("classic group, coordinator failover, 1 fault", &out);
-    for property in SAFETY {
-        if out.found(property) {
-            print_trace(&out, property);
-        }
-        assert!(!out.found(property), "{property} fails");
-    }
+    show("classic group, failover and leaves, 1 fault", &out);
+    assert_safe(&out);
     assert!(out.found(STABLE_GROUP), "no stable group within the bound");
 }
 
@@ -86,10 +116,8 @@ fn a_client_that_keeps_partitions_across_a_rejoin_is_caught() {
 
 /// Teeth: a consumer that reads replies on connections it gave up is
 /// caught: a SyncGroup answer from the generation before lands in the
-/// next one. It takes one fault (the given-up request). The network is
-/// reliable here only to keep the search small: losing a message adds
-/// nothing to what members and coordinator can reach (a lost message is
-/// one never delivered), it only adds network states.
+/// next one. It takes one fault (the given-up request). Reliable network,
+/// as above.
 #[test]
 fn a_client_that_reads_stale_replies_is_caught() {
     let cfg = Config {

@@ -2,11 +2,14 @@
 //! the broker drives it. Each request becomes a call at the node's current
 //! time; the replies the call makes due (to this request or to requests
 //! parked earlier) go out to whoever is waiting, the waiter being the
-//! member's connection. Time passes only by the `Tick` timer, which jumps
-//! the clock to the coordinator's own [`Coordinator::next_deadline`] and
-//! calls [`Coordinator::tick`] there, as the broker's driver does; since
-//! the timer can fire between any two deliveries, every deadline can pass
-//! at any point of any interleaving.
+//! member's connection. Time passes by two timers, each of which can fire
+//! between any two deliveries: `Tick` jumps the clock to the
+//! coordinator's own [`Coordinator::next_deadline`] and calls
+//! [`Coordinator::tick`] there, as the broker's driver does, so every
+//! deadline can pass at any point of any interleaving; `Pass` moves it a
+//! quantum short of the next deadline, so that members heartbeat, join and
+//! sync at different times and their deadlines differ (one member's
+//! session can run out while the other's does not).
 //!
 //! With failover on, the records the coordinator writes are kept
 //! (compacted, as `__consumer_offsets` is), and the coordinator can crash
@@ -43,9 +46,14 @@ pub struct CoordinatorState {
     pub log: BTreeMap<Key, Option<Value>>,
 }
 
+/// How far the `Pass` timer moves the clock: less than the rebalance and
+/// session timeouts, more than the initial rebalance delay.
+pub const QUANTUM_MS: u64 = 4_000;
+
 #[derive(Clone, Debug)]
 pub struct CoordinatorNode {
     pub failover: bool,
+    pub time_passes: bool,
 }
 
 struct NoTopics;
@@ -82,7 +90,7 @@ impl CoordinatorNode {
         if self.failover {
             o.set_timer(Timer::Failover, model_timeout());
         }
-        set_tick(&s, o);
+        self.set_timers(&s, o);
         NodeState::Coordinator(s)
     }
 
@@ -156,6 +164,12 @@ impl CoordinatorNode {
                     .heartbeat(GROUP, &member_id, None, generation, now);
                 o.send(src, Msg::HeartbeatResp { conn, error });
             }
+            Msg::Leave { member_id, .. } => {
+                // Whatever it answers goes to a process that has exited.
+                let _ = s
+                    .coordinator
+                    .leave(GROUP, &[(member_id, None)], now, wall, &mut fx);
+            }
             Msg::JoinResp { .. } | Msg::SyncResp { .. } | Msg::HeartbeatResp { .. } => {}
         }
         self.effects(state, fx, o);
@@ -170,12 +184,24 @@ impl CoordinatorNode {
             // connections are gone), and the partition's next leader loads
             // its records, with the clock where it was.
             let fresh = self.start(cur.log.clone(), cur.now, cur.restarts + 1);
-            set_tick(&fresh, o);
+            self.set_timers(&fresh, o);
             o.set_timer(Timer::Failover, model_timeout());
             *coordinator_mut(state) = fresh;
             return;
         }
         let deadline = cur.coordinator.next_deadline();
+        if timer == Timer::Pass {
+            if cur.now + QUANTUM_MS >= deadline || deadline >= NEVER {
+                return;
+            }
+            let s = coordinator_mut(state);
+            s.now += QUANTUM_MS;
+            let NodeState::Coordinator(s) = &**state else {
+                unreachable!("the coordinator node holds coordinator state")
+            };
+            self.set_timers(s, o);
+            return;
+        }
         if timer != Timer::Tick || deadline >= NEVER {
             return;
         }
@@ -221,7 +247,23 @@ impl CoordinatorNode {
         let NodeState::Coordinator(s) = &**state else {
             unreachable!("the coordinator node holds coordinator state")
         };
-        set_tick(s, o);
+        self.set_timers(s, o);
+    }
+
+    /// `Tick` while there is a deadline; `Pass` while the next one is more
+    /// than a quantum away.
+    fn set_timers(&self, s: &CoordinatorState, o: &mut Out<Node>) {
+        let deadline = s.coordinator.next_deadline();
+        if deadline < NEVER {
+            o.set_timer(Timer::Tick, model_timeout());
+        } else {
+            o.cancel_timer(Timer::Tick);
+        }
+        if self.time_passes && deadline < NEVER && s.now + QUANTUM_MS < deadline {
+            o.set_timer(Timer::Pass, model_timeout());
+        } else {
+            o.cancel_timer(Timer::Pass);
+        }
     }
 }
 
@@ -229,13 +271,5 @@ fn coordinator_mut<'a>(state: &'a mut Cow<NodeState>) -> &'a mut CoordinatorStat
     match state.to_mut() {
         NodeState::Coordinator(c) => c,
         NodeState::Member(_) => unreachable!("the coordinator node holds coordinator state"),
-    }
-}
-
-fn set_tick(s: &CoordinatorState, o: &mut Out<Node>) {
-    if s.coordinator.next_deadline() < NEVER {
-        o.set_timer(Timer::Tick, model_timeout());
-    } else {
-        o.cancel_timer(Timer::Tick);
     }
 }

@@ -22,7 +22,8 @@
 //!   Java client keeps its partitions while the coordinator is away).
 //! * A crash loses everything (a new process never reads a reply meant for
 //!   an old connection); the member starts again with no member id and
-//!   owns nothing.
+//!   owns nothing. A close is the same with a LeaveGroup sent first, as
+//!   `KafkaConsumer::close` does.
 //!
 //! [`ClientBug`] switches on deliberately wrong variants, to show that the
 //! properties can fail.
@@ -71,6 +72,7 @@ pub struct MemberNode {
     pub partitions: i32,
     pub bug: ClientBug,
     pub crashes: bool,
+    pub leaves: bool,
 }
 
 fn member_mut<'a>(state: &'a mut Cow<NodeState>) -> &'a mut MemberState {
@@ -98,6 +100,9 @@ impl MemberNode {
         };
         if self.crashes {
             o.set_timer(Timer::Crash, model_timeout());
+        }
+        if self.leaves {
+            o.set_timer(Timer::Close, model_timeout());
         }
         self.send_join(&mut s, o);
         s
@@ -277,7 +282,7 @@ impl MemberNode {
                     _ => self.rejoin(s, o),
                 }
             }
-            Msg::Join { .. } | Msg::Sync { .. } | Msg::Heartbeat { .. } => {}
+            Msg::Join { .. } | Msg::Sync { .. } | Msg::Heartbeat { .. } | Msg::Leave { .. } => {}
         }
     }
 
@@ -286,6 +291,24 @@ impl MemberNode {
             unreachable!("a member node holds member state")
         };
         match (timer, cur.phase) {
+            (Timer::Close, _) => {
+                // `close()`: the consumer revokes what it owns, sends
+                // LeaveGroup if it has a member id, and exits; a new
+                // process takes its place (one step, as for a crash).
+                if !cur.member_id.is_empty() {
+                    o.send(
+                        self.coordinator,
+                        Msg::Leave {
+                            conn: cur.conn,
+                            member_id: cur.member_id.clone(),
+                        },
+                    );
+                }
+                let (conn, restarts) = (cur.conn + 1, cur.restarts + 1);
+                let fresh = self.start(conn, restarts, o);
+                o.cancel_timer(Timer::Heartbeat);
+                *member_mut(state) = fresh;
+            }
             (Timer::Crash, _) => {
                 // The process dies and a new one starts in its place: what
                 // the old one owned is gone with it, and any reply still

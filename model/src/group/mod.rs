@@ -22,7 +22,11 @@
 //!   lists it, owns exactly the assignment the coordinator holds for it.
 //! * `sometimes` **stable group** — the coordinator is Stable and both
 //!   members own, in its current generation, disjoint partitions that
-//!   cover the topic: the protocol can get somewhere.
+//!   cover the topic: the protocol can get somewhere. Also **after a
+//!   member restarted**.
+//! * `sometimes` **an expelled member still holds partitions given to
+//!   another** — Kafka's zombie, fenced by its generation: the search
+//!   reaches the states where the per-generation qualifier matters.
 //!
 //! The state space has no end (generations, member ids, connections and
 //! the clock only grow), so a run is bounded: by BFS depth, by a fault
@@ -82,12 +86,18 @@ pub struct Config {
     pub partitions: i32,
     pub bug: ClientBug,
     pub lossy: bool,
+    /// Time may pass short of the next deadline (see `coordinator`);
+    /// without it the clock only jumps from deadline to deadline.
+    pub time_passes: bool,
     /// Members may crash (and a new process starts with nothing).
     pub member_crashes: bool,
+    /// Members may close, leaving the group (and a new process starts with
+    /// nothing).
+    pub member_leaves: bool,
     /// The coordinator may crash too, and the next one loads its records.
     pub coordinator_failover: bool,
     /// The fault budget of a run: requests given up, member crashes and
-    /// coordinator failovers, all members together. States past it are
+    /// closes, and coordinator failovers, all members together. States past it are
     /// not explored. (Messages lost need no budget: a lost message is one
     /// never delivered, and the network may hold any message forever.)
     pub max_faults: u32,
@@ -96,14 +106,17 @@ pub struct Config {
 }
 
 impl Default for Config {
-    /// Two members, two partitions, a lossy network and member crashes.
+    /// Two members, two partitions, a lossy network and member crashes;
+    /// the clock jumps from deadline to deadline.
     fn default() -> Config {
         Config {
             members: 2,
             partitions: 2,
             bug: ClientBug::None,
             lossy: true,
+            time_passes: false,
             member_crashes: true,
+            member_leaves: false,
             coordinator_failover: false,
             max_faults: 2,
             max_generation: 3,
@@ -127,6 +140,11 @@ pub enum Msg {
         conn: u32,
         member_id: String,
         generation: i32,
+    },
+    /// From a closing consumer; nobody reads the answer.
+    Leave {
+        conn: u32,
+        member_id: String,
     },
     JoinResp {
         conn: u32,
@@ -152,12 +170,16 @@ pub enum Msg {
 pub enum Timer {
     /// The coordinator's clock reaches its next deadline.
     Tick,
+    /// The coordinator's clock moves on, short of its next deadline.
+    Pass,
     /// A stable member's next heartbeat is due.
     Heartbeat,
     /// A member gives up its outstanding request.
     RequestTimeout,
     /// A member's process crashes and a new one starts.
     Crash,
+    /// A member's process closes (LeaveGroup) and a new one starts.
+    Close,
     /// The coordinator's broker crashes and the partition's next leader
     /// loads the group from its records.
     Failover,
@@ -212,6 +234,7 @@ pub const SINGLE_OWNER_IN_CURRENT_GENERATION: &str = "single owner in the curren
 pub const OWNERS_AGREE_WITH_COORDINATOR: &str = "owners agree with the coordinator";
 pub const STABLE_GROUP: &str = "stable group";
 pub const STABLE_AFTER_RESTART: &str = "stable group after a member restarted";
+pub const EXPELLED_OWNER: &str = "an expelled member still holds partitions given to another";
 
 /// The `always` properties.
 pub const SAFETY: [&str; 3] = [
@@ -340,6 +363,31 @@ fn stable_after_restart(model: &GroupModel, state: &GroupState) -> bool {
     stable_group(model, state) && live_members(state).any(|(_, m)| m.restarts > 0)
 }
 
+/// The zombie of Kafka's classic protocol: a member the group has dropped
+/// (its session ran out, or it missed a rebalance) still believes it owns
+/// partitions of an older generation that the Stable group has given to
+/// another member. Legitimate, and fenced by the generation; reaching it
+/// shows the search gets to where generations matter.
+fn expelled_owner(_: &GroupModel, state: &GroupState) -> bool {
+    let Some((generation, ClassicState::Stable, members)) = coordinator(state).and_then(group_view)
+    else {
+        return false;
+    };
+    pairs(state).into_iter().any(|(a, b)| {
+        [(a, b), (b, a)]
+            .into_iter()
+            .any(|(old, new)| match (&old.owned, &new.owned) {
+                (Some(x), Some(y)) => {
+                    x.generation < generation
+                        && !members.contains(old.member_id.as_str())
+                        && y.generation == generation
+                        && !x.partitions.is_disjoint(&y.partitions)
+                }
+                _ => false,
+            })
+    })
+}
+
 fn within_bounds(cfg: &Config, state: &GroupState) -> bool {
     let mut faults = 0;
     for s in &state.actor_states {
@@ -360,7 +408,12 @@ fn within_bounds(cfg: &Config, state: &GroupState) -> bool {
 impl Config {
     pub fn into_model(self) -> GroupModel {
         let coordinator = Id::from(COORDINATOR);
-        let (partitions, bug, crashes) = (self.partitions, self.bug, self.member_crashes);
+        let (partitions, bug, crashes, leaves) = (
+            self.partitions,
+            self.bug,
+            self.member_crashes,
+            self.member_leaves,
+        );
         let members: Vec<Node> = (0..self.members)
             .map(|_| {
                 Node::Member(MemberNode {
@@ -368,17 +421,22 @@ impl Config {
                     partitions,
                     bug,
                     crashes,
+                    leaves,
                 })
             })
             .collect();
         let failover = self.coordinator_failover;
+        let time_passes = self.time_passes;
         let lossy = if self.lossy {
             LossyNetwork::Yes
         } else {
             LossyNetwork::No
         };
         ActorModel::new(self, ())
-            .actor(Node::Coordinator(CoordinatorNode { failover }))
+            .actor(Node::Coordinator(CoordinatorNode {
+                failover,
+                time_passes,
+            }))
             .actors(members)
             .init_network(Network::new_unordered_nonduplicating([]))
             .lossy_network(lossy)
@@ -403,6 +461,7 @@ impl Config {
                 STABLE_AFTER_RESTART,
                 stable_after_restart,
             )
+            .property(Expectation::Sometimes, EXPELLED_OWNER, expelled_owner)
             .within_boundary(within_bounds)
     }
 }
