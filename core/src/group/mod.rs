@@ -277,7 +277,7 @@ pub struct MemberDescription {
 }
 
 /// The group state of the partitions this broker leads.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Coordinator {
     pub config: GroupConfig,
     /// Partitions of `__consumer_offsets`.

@@ -274,10 +274,13 @@ impl<D: Disk + Clone> Broker<D> {
                 Reply::Join(_) | Reply::Sync(_) => self.parked_partition.remove(&conn),
             };
             match group_partition {
+                // The reply reports state whose records were not written.
+                Some(p) if failed.contains(&p) => out.push((conn, failed_close(p))),
                 Some(p) => out.extend(self.when_durable(conn, outcome, p)),
                 None => out.push((conn, outcome)),
             }
         }
+        self.group_failed = failed.clone();
         for p in failed {
             for w in self.groups.unload(p) {
                 let conn = ConnId(w);
@@ -409,6 +412,10 @@ impl<D: Disk + Clone> Broker<D> {
         let Some(outcome) = own else {
             return FrameOutcome::Pending;
         };
+        if self.group_failed.contains(&p) {
+            // Its records were not written: the answer must not be given.
+            return failed_close(p);
+        }
         match self.when_durable(ctx.conn, outcome, p) {
             Some((_, o)) => o,
             None => FrameOutcome::Pending,
@@ -1028,6 +1035,9 @@ impl<D: Disk + Clone> Broker<D> {
         }
         let others = self.apply_group_effects(fx);
         self.group_completions.extend(others);
+        if let Some(p) = touched.iter().find(|p| self.group_failed.contains(p)) {
+            return failed_close(*p);
+        }
         self.respond_when_durable(ctx, &resp, touched)
     }
 
@@ -1180,6 +1190,14 @@ impl<D: Disk + Clone> Broker<D> {
         }
         self.respond_when_durable(ctx, &resp, touched)
     }
+}
+
+/// The answer to a request whose records could not be appended: its
+/// outcome is unknown to the client, as after any lost connection.
+fn failed_close(p: i32) -> FrameOutcome {
+    FrameOutcome::Close(format!(
+        "the group coordinator for partition {p} of {OFFSETS_TOPIC} failed to write its records"
+    ))
 }
 
 fn encode_join(r: &JoinReply) -> JoinGroupResponse {

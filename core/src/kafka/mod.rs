@@ -269,6 +269,10 @@ pub struct Broker<D: Disk + Clone> {
     /// Group replies to other connections, made while handling a request,
     /// handed out by the next poll.
     group_completions: Vec<(ConnId, FrameOutcome)>,
+    /// Partitions of `__consumer_offsets` whose records the last
+    /// `apply_group_effects` failed to append: replies that depend on them
+    /// must not be released.
+    group_failed: std::collections::BTreeSet<i32>,
     client_hosts: BTreeMap<ConnId, String>,
 }
 
@@ -352,6 +356,7 @@ impl<D: Disk + Clone> Broker<D> {
             parked_partition: BTreeMap::new(),
             durable_group: BTreeMap::new(),
             group_completions: Vec::new(),
+            group_failed: std::collections::BTreeSet::new(),
             client_hosts: BTreeMap::new(),
         };
         broker.groups = Coordinator::new(
