@@ -164,6 +164,11 @@ pub enum Msg {
         conn: u32,
         error: i16,
     },
+    /// The coordinator a request was parked on is gone (its connection
+    /// dropped).
+    NotCoordinator {
+        conn: u32,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
