@@ -5,6 +5,7 @@
 # seeds 0.. in chunks of 1000 until some seed catches it. A mutation that no
 # seed up to MAX_SEEDS catches is a hole in the simulator. Patches named
 # broker-*.patch break the Kafka request path and run the broker workload;
+# groups-*.patch break the group coordinator and run the groups workload;
 # the others run the storage workload. Nothing here touches the working tree.
 #
 #   ci/teeth.sh [MAX_SEEDS]     default MAX_SEEDS=20000
@@ -15,11 +16,22 @@ root=$(git rev-parse --show-toplevel)
 cd "$root"
 export CARGO_TARGET_DIR="$root/target/teeth"
 jobs=$(nproc)
+# Seeds the unmutated code already fails (a bug found and not yet fixed,
+# listed in sim/tests/*_seeds.rs) catch nothing: they are left out.
+(cargo build -q --release -p odradek)
+cp "$CARGO_TARGET_DIR/release/odradek" "$CARGO_TARGET_DIR/odradek-unmutated"
+baseline_failures() { # workload from to
+  "$CARGO_TARGET_DIR/odradek-unmutated" sim swarm --workload "$1" --seeds "$2..$3" --jobs "$jobs" 2>&1 |
+    sed -n '/^failures, by seed:/,$p' | grep 'FAIL seed=' | sed -E 's/.*FAIL (seed=[0-9]+ ).*/\1/' || true
+}
 printf '%-30s %-12s %-16s %s\n' mutation first-seed caught/in first-violation
 for patch in ci/mutations/*.patch; do
   name=$(basename "$patch" .patch)
   workload=storage
-  case "$name" in broker-*) workload=broker ;; esac
+  case "$name" in
+    broker-*) workload=broker ;;
+    groups-*) workload=groups ;;
+  esac
   work=$(mktemp -d)
   git worktree add -q --detach "$work" HEAD
   if ! git -C "$work" apply "$root/$patch"; then
@@ -38,6 +50,10 @@ for patch in ci/mutations/*.patch; do
     out=$("$CARGO_TARGET_DIR/release/odradek" sim swarm --workload "$workload" --seeds "$from..$to" --jobs "$jobs" 2>&1 || true)
     # The sorted summary after the live lines: one line per failing seed.
     summary=$(sed -n '/^failures, by seed:/,$p' <<<"$out" | grep 'FAIL seed=' || true)
+    known=$(baseline_failures "$workload" "$from" "$to")
+    if [ -n "$known" ] && [ -n "$summary" ]; then
+      summary=$(grep -vF -f <(sed 's/$/ /' <<<"$known" | sed 's/ $/ /') <<<"$summary" || true)
+    fi
     failed=$(grep -c 'FAIL seed=' <<<"$summary" || true)
     if [ "$failed" -gt 0 ]; then
       first=$(head -n 1 <<<"$summary" | sed -E 's/.*FAIL seed=([0-9]+).*/\1/')

@@ -106,6 +106,8 @@ enum Command {
         reply: oneshot::Sender<FrameOutcome>,
     },
     Closed(ConnId),
+    /// A new connection from this peer (as group descriptions show it).
+    Opened(ConnId, String),
 }
 
 /// The way into whichever driver owns the broker.
@@ -243,6 +245,12 @@ impl BrokerHandle {
             .unwrap_or_else(|_| FrameOutcome::Close("the broker has stopped".into()))
     }
 
+    pub fn opened(&self, conn: ConnId, peer: std::net::SocketAddr) {
+        let _ = self
+            .tx
+            .send(Command::Opened(conn, format!("/{}", peer.ip())));
+    }
+
     pub fn closed(&self, conn: ConnId) {
         // The broker being gone already forgot the connection.
         let _ = self.tx.send(Command::Closed(conn));
@@ -294,6 +302,7 @@ impl<D: Disk + Clone, C: Clock> Driver<D, C> {
                 self.waiting.remove(&conn);
                 self.broker.connection_closed(conn);
             }
+            Command::Opened(conn, host) => self.broker.set_client_host(conn, host),
         }
     }
 

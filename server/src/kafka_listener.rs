@@ -367,6 +367,7 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Send + 'static>(
     _permit: OwnedSemaphorePermit,
 ) {
     let conn = broker.new_connection();
+    broker.opened(conn, peer);
     connection(stream, peer, conn, &broker, &config, shutdown).await;
     broker.closed(conn);
 }

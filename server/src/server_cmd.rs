@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use odradek_core::group::GroupConfig;
 use odradek_core::kafka::{configs, Broker, BrokerConfig};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
@@ -49,6 +50,22 @@ pub const KEYS: &[&str] = &[
     "default.replication.factor",
     "auto.create.topics.enable",
     "log.retention.check.interval.ms",
+    "offsets.topic.num.partitions",
+    "offsets.topic.replication.factor",
+    "offsets.retention.minutes",
+    "offsets.retention.check.interval.ms",
+    "offset.metadata.max.bytes",
+    "group.initial.rebalance.delay.ms",
+    "group.min.session.timeout.ms",
+    "group.max.session.timeout.ms",
+    "group.max.size",
+    "group.consumer.session.timeout.ms",
+    "group.consumer.heartbeat.interval.ms",
+    "group.consumer.max.size",
+    "group.consumer.min.session.timeout.ms",
+    "group.consumer.max.session.timeout.ms",
+    "group.consumer.min.heartbeat.interval.ms",
+    "group.consumer.max.heartbeat.interval.ms",
 ];
 
 /// Coarser spellings Kafka accepts for two topic defaults, as (key, the
@@ -240,6 +257,10 @@ pub struct ServerConfig {
     pub default_replication_factor: i16,
     pub auto_create_topics: bool,
     pub retention_check_interval_ms: u64,
+    /// `offsets.topic.num.partitions`
+    pub offsets_topic_num_partitions: i32,
+    /// The group coordinator's `group.*` and `offsets.*` settings.
+    pub group: GroupConfig,
     /// Broker-wide topic defaults the operator set, by Kafka name.
     pub topic_defaults: BTreeMap<String, String>,
 }
@@ -447,6 +468,73 @@ pub fn resolve(
     let default_replication_factor = int_in("default.replication.factor", "1", 1, 1)? as i16;
     let retention_check_interval_ms =
         int_in("log.retention.check.interval.ms", "300000", 1, i64::MAX)? as u64;
+    let offsets_topic_num_partitions =
+        int_in("offsets.topic.num.partitions", "50", 1, 1000)? as i32;
+    // One copy is all a single node can keep; the cluster issue lifts this.
+    int_in("offsets.topic.replication.factor", "1", 1, 1)?;
+    let max = i64::from(i32::MAX);
+    let group = GroupConfig {
+        offsets_retention_ms: int_in("offsets.retention.minutes", "10080", 1, max)? * 60_000,
+        offsets_retention_check_interval_ms: int_in(
+            "offsets.retention.check.interval.ms",
+            "600000",
+            1,
+            max,
+        )? as u64,
+        offset_metadata_max_bytes: int_in("offset.metadata.max.bytes", "4096", 0, max)? as usize,
+        initial_rebalance_delay_ms: int_in("group.initial.rebalance.delay.ms", "3000", 0, max)?
+            as i32,
+        min_session_timeout_ms: int_in("group.min.session.timeout.ms", "6000", 1, max)? as i32,
+        max_session_timeout_ms: int_in("group.max.session.timeout.ms", "1800000", 1, max)? as i32,
+        max_size: int_in("group.max.size", &max.to_string(), 1, max)? as usize,
+        consumer_session_timeout_ms: int_in("group.consumer.session.timeout.ms", "45000", 1, max)?
+            as i32,
+        consumer_heartbeat_interval_ms: int_in(
+            "group.consumer.heartbeat.interval.ms",
+            "5000",
+            1,
+            max,
+        )? as i32,
+        consumer_max_size: int_in("group.consumer.max.size", &max.to_string(), 1, max)? as usize,
+    };
+    // Kafka's bounds on the KIP-848 timings: the value must lie within them.
+    for (key, value, lo_key, lo, hi_key, hi) in [
+        (
+            "group.consumer.session.timeout.ms",
+            "45000",
+            "group.consumer.min.session.timeout.ms",
+            "45000",
+            "group.consumer.max.session.timeout.ms",
+            "60000",
+        ),
+        (
+            "group.consumer.heartbeat.interval.ms",
+            "5000",
+            "group.consumer.min.heartbeat.interval.ms",
+            "5000",
+            "group.consumer.max.heartbeat.interval.ms",
+            "15000",
+        ),
+    ] {
+        let v = int_in(key, value, 1, max)?;
+        let lo_v = int_in(lo_key, lo, 1, max)?;
+        let hi_v = int_in(hi_key, hi, 1, max)?;
+        if v < lo_v || v > hi_v {
+            return Err(bad(
+                key,
+                &get(key, value),
+                &format!("must lie within {lo_key} ({lo_v}) and {hi_key} ({hi_v})"),
+            ));
+        }
+    }
+    if group.min_session_timeout_ms > group.max_session_timeout_ms {
+        let v = get("group.min.session.timeout.ms", "6000");
+        return Err(bad(
+            "group.min.session.timeout.ms",
+            &v,
+            "must not be larger than group.max.session.timeout.ms",
+        ));
+    }
     let auto = get("auto.create.topics.enable", "true");
     let auto_create_topics = match auto.0.trim() {
         t if t.eq_ignore_ascii_case("true") => true,
@@ -491,6 +579,8 @@ pub fn resolve(
             default_replication_factor,
             auto_create_topics,
             retention_check_interval_ms,
+            offsets_topic_num_partitions,
+            group,
             topic_defaults,
         },
         warnings,
@@ -638,6 +728,8 @@ async fn run(config: ServerConfig) -> Result<(), String> {
     broker_config.auto_create_topics = config.auto_create_topics;
     broker_config.retention_check_interval_ms = config.retention_check_interval_ms;
     broker_config.settings = config.topic_defaults.clone();
+    broker_config.offsets_topic_num_partitions = config.offsets_topic_num_partitions;
+    broker_config.group = config.group.clone();
     let clock = SystemClock::new();
     let started = std::time::Instant::now();
     // Recovery reads and checks every partition's unflushed tail: blocking
@@ -783,6 +875,8 @@ mod tests {
                 default_replication_factor: 1,
                 auto_create_topics: true,
                 retention_check_interval_ms: 300_000,
+                offsets_topic_num_partitions: 50,
+                group: GroupConfig::default(),
                 topic_defaults: BTreeMap::new(),
             }
         );

@@ -642,6 +642,7 @@ mod tests {
     fn workloads() {
         assert_eq!(parse_workload("storage"), Ok(Workload::Storage));
         assert_eq!(parse_workload("broker"), Ok(Workload::Broker));
+        assert_eq!(parse_workload("groups"), Ok(Workload::Groups));
         assert!(parse_workload("nope").unwrap_err().contains("storage"));
     }
 

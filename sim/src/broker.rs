@@ -52,9 +52,12 @@
 use crate::disk::SimDisk;
 use crate::net::SimNetwork;
 use crate::rng::{self, Stream};
-use crate::trace::Trace;
+use crate::wire::{
+    self, decode_api_versions, encode_request, produce_request, topic_name, ClientConn, Host,
+    Request as _, Wire, DATA_DIR, MS, NODE,
+};
 use crate::{FaultKind, RunOptions, RunReport, Workload};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::delete_records_request::{
     DeleteRecordsPartition, DeleteRecordsTopic,
@@ -62,35 +65,20 @@ use kafka_protocol::messages::delete_records_request::{
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreateTopicsRequest,
-    CreateTopicsResponse, DeleteRecordsRequest, DeleteRecordsResponse, FetchRequest, FetchResponse,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
-    ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    ApiKey, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteRecordsRequest, DeleteRecordsResponse, FetchRequest, FetchResponse, ListOffsetsRequest,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceResponse, ResponseHeader,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use odradek_core::buggify::Buggify;
-use odradek_core::io::clock::ManualClock;
-use odradek_core::io::{Address, Disk, Envelope, Instant, Random, TimerQueue};
-use odradek_core::kafka::meta::META_FILES;
-use odradek_core::kafka::{Broker, BrokerConfig, ConnId, FrameOutcome};
+use kafka_protocol::protocol::{Decodable, StrBytes};
+use odradek_core::io::Random;
+use odradek_core::kafka::BrokerConfig;
 use odradek_core::storage::batch::{self, BatchBuilder, Batches, TimestampType};
 use odradek_core::storage::segment::parse_data_name;
-use odradek_nemesis::{Fault, NetFaults, Schedule, Swarm};
-use rand_chacha::ChaCha8Rng;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::fmt;
+use odradek_nemesis::{NetFaults, Schedule, Swarm};
+use std::collections::{BTreeMap, BTreeSet};
 
-const NODE: i32 = 1;
-const MS: u64 = 1_000_000;
-/// Simulated wall clock at time zero: 2026-01-01T00:00:00Z.
-const EPOCH_WALL_MS: i64 = 1_767_225_600_000;
-const DATA_DIR: &str = "data";
 const AUTO_TOPIC: &str = "auto";
-/// Frames a client may have sent that the broker has not yet read.
-const MAX_UNREAD: u64 = 16;
-
 /// Kafka error codes the clients react to.
 mod code {
     pub const NONE: i16 = 0;
@@ -197,7 +185,22 @@ enum Req {
     DeleteRecords { tp: Tp, offset: i64 },
 }
 
-impl Req {
+impl wire::Request for Req {
+    fn api_versions() -> Req {
+        Req::ApiVersions
+    }
+
+    fn unanswered(&self) -> bool {
+        matches!(self, Req::Produce { acks: 0, .. })
+    }
+
+    fn timeout_ms(&self) -> u64 {
+        match self {
+            Req::Fetch { .. } => 6_000,
+            _ => 3_000,
+        }
+    }
+
     fn key(&self) -> ApiKey {
         match self {
             Req::ApiVersions => ApiKey::ApiVersions,
@@ -211,13 +214,8 @@ impl Req {
     }
 }
 
-#[derive(Clone, Debug)]
-struct Outstanding {
-    corr: i32,
-    version: i16,
-    req: Req,
-    serial: u64,
-}
+type Outstanding = wire::Outstanding<Req>;
+type Event = wire::Event<Ev>;
 
 /// A consumer's reset of one partition after OFFSET_OUT_OF_RANGE: first
 /// ask for the log start, then (if still out of range) the high watermark.
@@ -229,13 +227,7 @@ enum Reset {
 
 struct Client {
     role: Role,
-    conn: Option<u64>,
-    /// Negotiated on the current connection: key -> (min, max).
-    versions: Option<BTreeMap<i16, (i16, i16)>>,
-    out: Option<Outstanding>,
-    next_corr: i32,
-    /// When the client's next step is due, so that wakes are not doubled.
-    wake_at: Option<u64>,
+    net: ClientConn<Req>,
     /// Producers: acks used (0, 1, -1), or `None` for a mix.
     acks: Option<i16>,
     /// Producers: the batch's topic is unknown; ask for metadata first.
@@ -253,20 +245,13 @@ struct Client {
     abandoned: BTreeSet<Tp>,
     /// Final consumer: partitions the broker does not know.
     missing: BTreeSet<Tp>,
-    /// The last error this client saw, for liveness reports.
-    last_error: String,
-    stopped: bool,
 }
 
 impl Client {
     fn new(role: Role) -> Client {
         Client {
             role,
-            conn: None,
-            versions: None,
-            out: None,
-            next_corr: 0,
-            wake_at: None,
+            net: ClientConn::default(),
             acks: None,
             need_metadata: false,
             batch: None,
@@ -278,67 +263,13 @@ impl Client {
             targets: BTreeMap::new(),
             abandoned: BTreeSet::new(),
             missing: BTreeSet::new(),
-            last_error: String::new(),
-            stopped: false,
         }
     }
 }
 
-/// TCP's in-order delivery on one direction of a connection: segments that
-/// arrive early wait for the ones before them.
-#[derive(Default)]
-struct InOrder {
-    next: u64,
-    early: BTreeMap<u64, Vec<u8>>,
-}
-
-impl InOrder {
-    fn push(&mut self, seq: u64, data: Vec<u8>) -> Vec<Vec<u8>> {
-        self.early.insert(seq, data);
-        let mut out = Vec::new();
-        while let Some(d) = self.early.remove(&self.next) {
-            out.push(d);
-            self.next += 1;
-        }
-        out
-    }
-}
-
-/// A connection as the simulator sees it, both ends.
-struct Conn {
-    client: usize,
-    alive: bool,
-    to_broker_seq: u64,
-    to_client_seq: u64,
-    /// Frames sent that the broker has not read yet: TCP's flow control
-    /// stops a sender when the receiver's buffers are full.
-    unread: u64,
-    at_client: InOrder,
-    /// The request the broker's next response answers (one at a time).
-    expect: Option<Outstanding>,
-}
-
-/// The broker's end of a live connection.
-#[derive(Default)]
-struct ServerConn {
-    at_broker: InOrder,
-    frames: VecDeque<Vec<u8>>,
-    /// A request is pending inside the broker: the next frame waits.
-    pending: bool,
-}
-
+/// The workload's own events.
 #[derive(Clone, Copy, Debug)]
-enum Event {
-    ClientWake(usize),
-    ClientTimeout(usize, u64),
-    /// The client learns that its connection was reset.
-    ClientReset(usize, u64),
-    Net,
-    BrokerWork,
-    BrokerPoll,
-    Fault(usize),
-    Restart,
-    OperatorRestart,
+enum Ev {
     EndSafety,
     Drain,
     Deadline,
@@ -364,48 +295,23 @@ struct Weights {
 }
 
 struct Run {
-    seed: u64,
-    trace: Trace,
-    now: u64,
-    rng: ChaCha8Rng,
-    disk: SimDisk,
-    net: SimNetwork,
+    h: Host<Req, Ev>,
     swarm: Swarm,
-    net_faults: NetFaults,
-    schedule: Schedule,
-    config: BrokerConfig,
     topics: Vec<TopicSpec>,
     weights: Weights,
     producer_gap_ms: u64,
     consumer_gap_ms: u64,
-    broker: Option<Broker<SimDisk>>,
-    incarnation: u64,
-    server: BTreeMap<u64, ServerConn>,
-    conns: BTreeMap<u64, Conn>,
-    next_conn: u64,
     clients: Vec<Client>,
-    no_buggify: bool,
-    queue: TimerQueue<Event>,
-    busy_until: u64,
-    /// Times at which a `BrokerWork` or a `BrokerPoll` is already queued.
-    work_at: BTreeSet<u64>,
-    poll_at: BTreeSet<u64>,
-    wall_offset_ms: i64,
-    faults_on: bool,
     phase: Phase,
     safety_end: u64,
     settle_end: u64,
     deadline: u64,
-    restart_pending: bool,
     storage_errors: u64,
     quiet_restarts: u64,
     created: bool,
     sent: BTreeMap<Vec<u8>, SentRecord>,
     parts: BTreeMap<Tp, PartModel>,
-    serial: u64,
-    restarts: u64,
     stats: Stats,
-    violation: Option<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -517,91 +423,55 @@ pub fn run(opts: &RunOptions) -> RunReport {
         .flat_map(|(t, spec)| (0..spec.partitions).map(move |p| ((t, p), PartModel::default())))
         .collect();
 
-    let mut run = Run {
+    let h = Host::new(
         seed,
-        trace: Trace::new(opts.trace),
-        now: 0,
-        rng: rng::stream(seed, Stream::Workload),
+        opts.trace,
+        rng::stream(seed, Stream::Workload),
         disk,
         net,
-        swarm,
         net_faults,
         schedule,
         config,
+        off(FaultKind::Buggify),
+    );
+    let mut run = Run {
+        h,
+        swarm,
         topics,
         weights,
         producer_gap_ms,
         consumer_gap_ms,
-        broker: None,
-        incarnation: 0,
-        server: BTreeMap::new(),
-        conns: BTreeMap::new(),
-        next_conn: 1,
         clients,
-        no_buggify: off(FaultKind::Buggify),
-        queue: TimerQueue::new(),
-        busy_until: 0,
-        work_at: BTreeSet::new(),
-        poll_at: BTreeSet::new(),
-        wall_offset_ms: 0,
-        faults_on: true,
         phase: Phase::Safety,
         safety_end: safety_ms * MS,
         settle_end: (safety_ms + settle_ms) * MS,
         deadline: (safety_ms + liveness_ms) * MS,
-        restart_pending: false,
         storage_errors: 0,
         quiet_restarts: 0,
         created: false,
         sent: BTreeMap::new(),
         parts,
-        serial: 0,
-        restarts: 0,
         stats: Stats::default(),
-        violation: None,
     };
     run.main();
-    let simulated_ms = run.now / MS;
-    let violation = run.violation.clone();
+    let simulated_ms = run.h.now / MS;
+    let violation = run.h.violation.clone();
     RunReport {
         seed,
         workload: Workload::Broker,
         ok: violation.is_none(),
-        trace_hash: run.trace.hash(),
-        events: run.trace.events(),
+        trace_hash: run.h.trace.hash(),
+        events: run.h.trace.events(),
         simulated_ms,
         violation,
-        trace: run.trace.into_lines(),
+        trace: run.h.trace.into_lines(),
     }
 }
 
 macro_rules! trace {
     ($run:expr, $($arg:tt)*) => {
-        $run.trace.record($run.now, format_args!($($arg)*))
+        $run.h.trace.record($run.h.now, format_args!($($arg)*))
     };
-}
-
-fn topic_name(name: &str) -> TopicName {
-    TopicName(StrBytes::from_string(name.to_string()))
-}
-
-fn encode_request<T: Encodable>(
-    key: ApiKey,
-    version: i16,
-    corr: i32,
-    client: usize,
-    body: &T,
-) -> Result<Vec<u8>, String> {
-    let mut out = BytesMut::new();
-    RequestHeader::default()
-        .with_request_api_key(key as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(corr)
-        .with_client_id(Some(StrBytes::from_string(format!("sim-c{client}"))))
-        .encode(&mut out, key.request_header_version(version))
-        .and_then(|_| body.encode(&mut out, version))
-        .map_err(|e| format!("cannot encode {key:?} v{version}: {e}"))?;
-    Ok(out.to_vec())
 }
 
 enum Resp {
@@ -623,24 +493,25 @@ fn decode_response(out: &Outstanding, bytes: &[u8]) -> Result<(i32, Resp), Strin
         .map_err(|e| format!("{key:?} v{} response header: {e}", out.version))?;
     let v = out.version;
     let body = match &out.req {
-        Req::ApiVersions => {
-            let mut probe = buf.clone();
-            match ApiVersionsResponse::decode(&mut probe, v) {
-                Ok(r) => {
-                    buf = probe;
-                    Ok(Resp::ApiVersions(r))
-                }
-                Err(_) => ApiVersionsResponse::decode(&mut buf, 0).map(Resp::ApiVersions),
-            }
-        }
-        Req::CreateTopics => CreateTopicsResponse::decode(&mut buf, v).map(Resp::CreateTopics),
-        Req::Metadata { .. } => MetadataResponse::decode(&mut buf, v).map(Resp::Metadata),
-        Req::Produce { .. } => ProduceResponse::decode(&mut buf, v).map(Resp::Produce),
-        Req::Fetch { .. } => FetchResponse::decode(&mut buf, v).map(Resp::Fetch),
-        Req::ListOffsets { .. } => ListOffsetsResponse::decode(&mut buf, v).map(Resp::ListOffsets),
-        Req::DeleteRecords { .. } => {
-            DeleteRecordsResponse::decode(&mut buf, v).map(Resp::DeleteRecords)
-        }
+        Req::ApiVersions => decode_api_versions(&mut buf, v).map(Resp::ApiVersions),
+        Req::CreateTopics => CreateTopicsResponse::decode(&mut buf, v)
+            .map(Resp::CreateTopics)
+            .map_err(|e| e.to_string()),
+        Req::Metadata { .. } => MetadataResponse::decode(&mut buf, v)
+            .map(Resp::Metadata)
+            .map_err(|e| e.to_string()),
+        Req::Produce { .. } => ProduceResponse::decode(&mut buf, v)
+            .map(Resp::Produce)
+            .map_err(|e| e.to_string()),
+        Req::Fetch { .. } => FetchResponse::decode(&mut buf, v)
+            .map(Resp::Fetch)
+            .map_err(|e| e.to_string()),
+        Req::ListOffsets { .. } => ListOffsetsResponse::decode(&mut buf, v)
+            .map(Resp::ListOffsets)
+            .map_err(|e| e.to_string()),
+        Req::DeleteRecords { .. } => DeleteRecordsResponse::decode(&mut buf, v)
+            .map(Resp::DeleteRecords)
+            .map_err(|e| e.to_string()),
     }
     .map_err(|e| format!("{key:?} v{v} response body: {e}"))?;
     if !buf.is_empty() {
@@ -652,69 +523,13 @@ fn decode_response(out: &Outstanding, bytes: &[u8]) -> Result<(i32, Resp), Strin
     Ok((header.correlation_id, body))
 }
 
-/// Whether a request frame is a Produce with acks=0.
-fn is_acks0_produce(frame: &[u8]) -> bool {
-    if frame.len() < 4 || i16::from_be_bytes([frame[0], frame[1]]) != ApiKey::Produce as i16 {
-        return false;
-    }
-    let version = i16::from_be_bytes([frame[2], frame[3]]);
-    let mut buf = Bytes::copy_from_slice(frame);
-    RequestHeader::decode(&mut buf, ApiKey::Produce.request_header_version(version))
-        .and_then(|_| ProduceRequest::decode(&mut buf, version))
-        .is_ok_and(|r| r.acks == 0)
-}
-
-fn conn_frame(conn: u64, seq: u64, data: &[u8]) -> Vec<u8> {
-    let mut p = Vec::with_capacity(16 + data.len());
-    p.extend_from_slice(&conn.to_be_bytes());
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(data);
-    p
-}
-
-fn split_frame(payload: &[u8]) -> (u64, u64, Vec<u8>) {
-    let conn = u64::from_be_bytes(payload[..8].try_into().expect("8 bytes"));
-    let seq = u64::from_be_bytes(payload[8..16].try_into().expect("8 bytes"));
-    (conn, seq, payload[16..].to_vec())
-}
-
 impl Run {
-    fn schedule_at(&mut self, at: u64, ev: Event) {
-        self.queue.schedule(Instant(at), ev);
-    }
-
-    fn clock(&self) -> ManualClock {
-        ManualClock {
-            now: Instant(self.now),
-            wall_ms: EPOCH_WALL_MS + (self.now / MS) as i64 + self.wall_offset_ms,
-        }
-    }
-
-    /// Clients' clocks do not jump: only the broker's does.
-    fn client_wall_ms(&self) -> i64 {
-        EPOCH_WALL_MS + (self.now / MS) as i64
-    }
-
     fn tp_name(&self, tp: Tp) -> String {
         format!("{}-{}", self.topics[tp.0].name, tp.1)
     }
 
     fn fail(&mut self, kind: &str, detail: String) {
-        if self.violation.is_none() {
-            let v = format!("{kind}: {detail}");
-            for d in self.disk.damage() {
-                trace!(
-                    self,
-                    "disk damage: {} at {}.{:06}ms in {}",
-                    d.kind,
-                    d.at_ns / MS,
-                    d.at_ns % MS,
-                    d.path
-                );
-            }
-            trace!(self, "VIOLATION {v}");
-            self.violation = Some(v);
-        }
+        self.h.fail(kind, detail)
     }
 
     fn main(&mut self) {
@@ -747,587 +562,41 @@ impl Run {
         trace!(
             self,
             "seed {} topics=[{}] clients=[{}] num_partitions={} auto_create={} swarm[{}] net[loss={:.4} delay_us={:?}] weights={:?} producer_gap_ms={} consumer_gap_ms={}",
-            self.seed,
+            self.h.seed,
             topics.join(" "),
             roles.join(" "),
-            self.config.num_partitions,
-            self.config.auto_create_topics,
+            self.h.config.num_partitions,
+            self.h.config.auto_create_topics,
             self.swarm,
-            self.net_faults.loss,
-            self.net_faults.delay_us,
+            self.h.net_faults.loss,
+            self.h.net_faults.delay_us,
             self.weights,
             self.producer_gap_ms,
             self.consumer_gap_ms
         );
-        for i in 0..self.schedule.faults.len() {
-            let at = self.schedule.faults[i].0 * MS;
-            self.schedule_at(at, Event::Fault(i));
+        for i in 0..self.h.schedule.faults.len() {
+            let at = self.h.schedule.faults[i].0 * MS;
+            self.h.schedule_at(at, Event::Fault(i));
         }
-        self.schedule_at(self.safety_end, Event::EndSafety);
-        self.schedule_at(self.settle_end, Event::Drain);
-        self.schedule_at(self.deadline, Event::Deadline);
+        self.h.at(self.safety_end, Ev::EndSafety);
+        self.h.at(self.settle_end, Ev::Drain);
+        self.h.at(self.deadline, Ev::Deadline);
         self.restart();
         for c in 0..self.clients.len() {
             self.wake(c, MS);
         }
-        while let Some((Instant(at), ev)) = self.queue.pop_next() {
-            if self.violation.is_some() || self.phase == Phase::Done {
-                break;
-            }
-            // The broker works on one thing at a time and waits for its
-            // disk; everything else happens when it happens.
-            if matches!(ev, Event::BrokerWork | Event::BrokerPoll) {
-                let queued = match ev {
-                    Event::BrokerWork => &mut self.work_at,
-                    _ => &mut self.poll_at,
-                };
-                queued.remove(&at);
-                if at < self.busy_until {
-                    match ev {
-                        Event::BrokerWork => self.schedule_work(self.busy_until),
-                        _ => self.schedule_poll(self.busy_until),
-                    }
-                    continue;
-                }
-            }
-            self.now = at;
-            self.disk.set_now(at);
-            match ev {
-                Event::ClientWake(c) => {
-                    if self.clients[c].wake_at == Some(at) {
-                        self.clients[c].wake_at = None;
-                        self.client_step(c);
-                    }
-                }
-                Event::ClientTimeout(c, serial) => self.client_timeout(c, serial),
-                Event::ClientReset(c, conn) => {
-                    if self.clients[c].conn == Some(conn) {
-                        self.client_error(c, "connection reset".to_string());
-                    }
-                }
-                Event::Net => self.deliver(),
-                Event::BrokerWork => self.broker_work(),
-                Event::BrokerPoll => self.broker_poll(),
-                Event::Fault(i) => {
-                    if self.faults_on {
-                        let fault = self.schedule.faults[i].1.clone();
-                        self.apply_fault(fault);
-                    }
-                }
-                Event::Restart => self.restart(),
-                Event::OperatorRestart => {
-                    self.restart_pending = false;
-                    if self.broker.is_some() {
-                        trace!(self, "operator restart after a storage error");
-                        self.stop_broker(false);
-                        self.restart();
-                    }
-                }
-                Event::EndSafety => self.end_safety(),
-                Event::Drain => self.drain(),
-                Event::Deadline => self.liveness_deadline(),
-            }
-            if self.phase == Phase::Drain && self.drained() {
-                self.final_power_loss();
-            }
-            if self.phase == Phase::FinalRead && self.final_read_done() {
-                self.final_check();
-            }
-        }
+        self.run_loop();
+        self.stats.requests = self.h.stats.requests;
+        self.stats.resets = self.h.stats.resets;
+        self.stats.timeouts = self.h.stats.timeouts;
         trace!(
             self,
             "done: restarts={} stats={:?} net={:?} disk={:?}",
-            self.restarts,
+            self.h.restarts,
             self.stats,
-            self.net.stats(),
-            self.disk.stats()
+            self.h.net.stats(),
+            self.h.disk.stats()
         );
-    }
-
-    // ---- the broker ---------------------------------------------------------
-
-    fn restart(&mut self) {
-        if self.broker.is_some() {
-            return;
-        }
-        self.restarts += 1;
-        let clock = self.clock();
-        let buggify = if self.no_buggify {
-            Buggify::disabled()
-        } else {
-            Buggify::seeded(self.seed ^ (self.restarts << 40))
-        };
-        let result =
-            Broker::open_with_buggify(self.disk.clone(), self.config.clone(), &clock, buggify);
-        let busy = self.disk.take_busy_ns();
-        self.busy_until = self.busy_until.max(self.now + busy);
-        match result {
-            Ok(b) => {
-                self.incarnation += 1;
-                trace!(self, "broker up (incarnation {})", self.incarnation);
-                self.broker = Some(b);
-                self.storage_errors = 0;
-                self.schedule_deadline();
-            }
-            Err(e) => {
-                trace!(self, "broker open failed: {e}");
-                if self.registry_damaged() {
-                    // Topic metadata has two copies: with both damaged, no
-                    // restart can bring the broker back.
-                    trace!(
-                        self,
-                        "both copies of the topic registry were damaged: the broker cannot start again (excused; nothing more to check)"
-                    );
-                    self.phase = Phase::Done;
-                    return;
-                }
-                if !self.faults_on {
-                    self.fail(
-                        "liveness",
-                        format!("broker open failed with faults off: {e}"),
-                    );
-                    return;
-                }
-                self.disk.kill_process();
-                self.schedule_at(self.now + busy + 10 * MS, Event::Restart);
-            }
-        }
-    }
-
-    /// The process dies: every connection resets, nothing it held in memory
-    /// survives. `power_loss` takes the page cache too.
-    fn stop_broker(&mut self, power_loss: bool) {
-        self.broker = None;
-        if power_loss {
-            self.disk.crash();
-            trace!(self, "disk after crash: {:?}", self.disk.stats());
-        } else {
-            self.disk.kill_process();
-        }
-        let conns: Vec<u64> = self.server.keys().copied().collect();
-        self.server.clear();
-        for conn in conns {
-            self.reset_conn(conn, false);
-        }
-    }
-
-    fn apply_fault(&mut self, fault: Fault) {
-        trace!(self, "nemesis {fault}");
-        match fault {
-            Fault::Crash { .. } => {
-                if self.broker.is_some() {
-                    self.stop_broker(true);
-                } else {
-                    self.disk.crash();
-                }
-            }
-            Fault::Kill { .. } => {
-                if self.broker.is_some() {
-                    self.stop_broker(false);
-                }
-            }
-            Fault::Restart { .. } => self.restart(),
-            Fault::ClockJump { delta_ms, .. } => self.wall_offset_ms += delta_ms,
-            other => trace!(self, "fault {other} does not apply to a single node"),
-        }
-    }
-
-    fn schedule_work(&mut self, at: u64) {
-        let at = at.max(self.busy_until);
-        if self.work_at.insert(at) {
-            self.schedule_at(at, Event::BrokerWork);
-        }
-    }
-
-    fn schedule_poll(&mut self, at: u64) {
-        let at = at.max(self.busy_until);
-        if self.poll_at.insert(at) {
-            self.schedule_at(at, Event::BrokerPoll);
-        }
-    }
-
-    fn schedule_deadline(&mut self) {
-        let Some(b) = &self.broker else { return };
-        if let Some(Instant(d)) = b.next_deadline() {
-            // A deadline already passed is served at once, but never in a
-            // loop at the same instant.
-            let at = d.max(self.now + 1000);
-            if self.poll_at.range(..=at).next().is_none() {
-                self.schedule_poll(at);
-            }
-        }
-    }
-
-    /// The broker reads every frame of every connection up to its first
-    /// pending request (a request is answered before the next is read).
-    /// Its answers leave when the disk has done the writes; the `poll`
-    /// that syncs them (group commit) follows as a separate step, so that
-    /// a crash can fall between an append and its sync, and frames that
-    /// arrive meanwhile wait for the next round, which is what makes group
-    /// commit group.
-    fn broker_work(&mut self) {
-        let Some(mut broker) = self.broker.take() else {
-            return;
-        };
-        let clock = self.clock();
-        let mut sends: Vec<(u64, FrameOutcome, bool)> = Vec::new();
-        let ready: Vec<u64> = self
-            .server
-            .iter()
-            .filter(|(_, s)| !s.pending && !s.frames.is_empty())
-            .map(|(&c, _)| c)
-            .collect();
-        let mut frames = 0;
-        for conn in ready {
-            while let Some(frame) = self
-                .server
-                .get_mut(&conn)
-                .filter(|s| !s.pending)
-                .and_then(|s| s.frames.pop_front())
-            {
-                frames += 1;
-                if let Some(c) = self.conns.get_mut(&conn) {
-                    c.unread -= 1;
-                }
-                match broker.handle_frame(ConnId(conn), &frame, &clock) {
-                    FrameOutcome::Pending => {
-                        self.server.get_mut(&conn).expect("live").pending = true;
-                    }
-                    outcome => {
-                        let fire_and_forget = is_acks0_produce(&frame);
-                        sends.push((conn, outcome, fire_and_forget));
-                    }
-                }
-            }
-        }
-        self.broker = Some(broker);
-        let done = self.dispatch(sends, format_args!("{frames} requests"));
-        if frames > 0 {
-            self.schedule_poll(done);
-        }
-    }
-
-    /// `poll`: the group commit, and the answers it releases (acks=-1
-    /// produces now durable, fetches whose wait is over).
-    fn broker_poll(&mut self) {
-        let Some(mut broker) = self.broker.take() else {
-            return;
-        };
-        let clock = self.clock();
-        let completions = broker.poll(&clock);
-        self.broker = Some(broker);
-        let mut sends = Vec::new();
-        for c in completions {
-            if let Some(s) = self.server.get_mut(&c.conn.0) {
-                s.pending = false;
-                sends.push((c.conn.0, c.outcome, false));
-            }
-        }
-        let n = sends.len();
-        let done = self.dispatch(sends, format_args!("poll, {n} completions"));
-        if self
-            .server
-            .values()
-            .any(|s| !s.pending && !s.frames.is_empty())
-        {
-            self.schedule_work(done);
-        }
-    }
-
-    /// Charges the disk time of a broker step and sends its answers when
-    /// it is over. Returns that time.
-    fn dispatch(&mut self, sends: Vec<(u64, FrameOutcome, bool)>, what: fmt::Arguments<'_>) -> u64 {
-        let busy = self.disk.take_busy_ns();
-        let done = self.now + busy;
-        self.busy_until = done;
-        if !sends.is_empty() || busy > 0 {
-            trace!(
-                self,
-                "broker: {what}, {} outcomes, disk busy {}us",
-                sends.len(),
-                busy / 1000
-            );
-        }
-        for (conn, outcome, fire_and_forget) in sends {
-            match outcome {
-                FrameOutcome::Respond(bytes) => self.respond(conn, bytes, done),
-                FrameOutcome::NoResponse => {}
-                FrameOutcome::Close(reason) if fire_and_forget => {
-                    // Kafka's only way to tell an acks=0 producer that its
-                    // batch failed.
-                    trace!(
-                        self,
-                        "broker closed connection {conn} after an acks=0 produce: {reason}"
-                    );
-                    self.reset_conn(conn, true);
-                }
-                FrameOutcome::Close(reason) => {
-                    let client = self.conns.get(&conn).map_or(usize::MAX, |c| c.client);
-                    self.fail(
-                        "protocol-error",
-                        format!("broker closed c{client}'s connection {conn}: {reason}"),
-                    );
-                }
-                FrameOutcome::Pending => self.fail(
-                    "protocol-error",
-                    format!("a completion for connection {conn} is still pending"),
-                ),
-            }
-        }
-        if self.violation.is_none() {
-            self.schedule_deadline();
-        }
-        done
-    }
-
-    /// A response leaves the broker: the checker observes it now, in the
-    /// broker's order, then the network carries it.
-    fn respond(&mut self, conn: u64, bytes: Vec<u8>, at: u64) {
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return;
-        };
-        if !c.alive {
-            return;
-        }
-        let Some(out) = c.expect.take() else {
-            let client = c.client;
-            return self.fail(
-                "protocol-error",
-                format!("broker answered c{client} on connection {conn} when no answer was due"),
-            );
-        };
-        match decode_response(&out, &bytes) {
-            Ok((_, resp)) => self.observe(&out, &resp),
-            Err(e) => return self.fail("protocol-error", e),
-        }
-        let c = self.conns.get_mut(&conn).expect("live");
-        let seq = c.to_client_seq;
-        c.to_client_seq += 1;
-        let env = Envelope {
-            from: Address::Node(NODE),
-            to: Address::Client(conn),
-            payload: conn_frame(conn, seq, &bytes),
-        };
-        match self.net.submit(Instant(at), env) {
-            Some(Instant(arrive)) => self.schedule_at(arrive, Event::Net),
-            None => {
-                trace!(self, "response on connection {conn} lost: reset");
-                self.reset_conn(conn, true);
-            }
-        }
-    }
-
-    /// A connection dies. Both ends learn of it: the client after a network
-    /// delay, the broker (if `tell_broker` and it is up) at once.
-    fn reset_conn(&mut self, conn: u64, tell_broker: bool) {
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return;
-        };
-        if !c.alive {
-            return;
-        }
-        c.alive = false;
-        c.expect = None;
-        let client = c.client;
-        self.stats.resets += 1;
-        if tell_broker && self.server.remove(&conn).is_some() {
-            if let Some(b) = self.broker.as_mut() {
-                b.connection_closed(ConnId(conn));
-            }
-        }
-        let (lo, hi) = self.net_faults.delay_us;
-        let delay = self.rng.between(lo, hi.max(lo)) * 1000;
-        self.schedule_at(self.now + delay, Event::ClientReset(client, conn));
-    }
-
-    fn send_to_broker(&mut self, conn: u64, frame: Vec<u8>) {
-        let c = self.conns.get_mut(&conn).expect("client's connection");
-        let seq = c.to_broker_seq;
-        c.to_broker_seq += 1;
-        c.unread += 1;
-        let env = Envelope {
-            from: Address::Client(conn),
-            to: Address::Node(NODE),
-            payload: conn_frame(conn, seq, &frame),
-        };
-        match self.net.submit(Instant(self.now), env) {
-            Some(Instant(arrive)) => self.schedule_at(arrive, Event::Net),
-            None => {
-                trace!(self, "request on connection {conn} lost: reset");
-                self.reset_conn(conn, true);
-            }
-        }
-    }
-
-    fn deliver(&mut self) {
-        for env in self.net.deliver_due(Instant(self.now)) {
-            let (conn, seq, data) = split_frame(&env.payload);
-            let alive = self.conns.get(&conn).is_some_and(|c| c.alive);
-            if !alive {
-                continue;
-            }
-            match env.to {
-                Address::Node(_) => {
-                    if self.broker.is_none() {
-                        // Nobody listens: connection refused.
-                        self.reset_conn(conn, false);
-                        continue;
-                    }
-                    let s = self.server.entry(conn).or_default();
-                    let frames = s.at_broker.push(seq, data);
-                    let any = !frames.is_empty();
-                    s.frames.extend(frames);
-                    if any {
-                        self.schedule_work(self.now);
-                    }
-                }
-                Address::Client(_) => {
-                    let c = self.conns.get_mut(&conn).expect("alive");
-                    let client = c.client;
-                    for frame in c.at_client.push(seq, data) {
-                        self.client_response(client, conn, frame);
-                    }
-                }
-            }
-        }
-    }
-
-    // ---- clients ------------------------------------------------------------
-
-    fn wake(&mut self, c: usize, after_ns: u64) {
-        let at = self.now + after_ns;
-        let client = &mut self.clients[c];
-        if client.wake_at.is_some_and(|w| w <= at) {
-            return;
-        }
-        client.wake_at = Some(at);
-        self.schedule_at(at, Event::ClientWake(c));
-    }
-
-    fn backoff(&mut self) -> u64 {
-        self.rng.between(20, 200) * MS
-    }
-
-    fn client_timeout(&mut self, c: usize, serial: u64) {
-        if self.clients[c]
-            .out
-            .as_ref()
-            .is_none_or(|o| o.serial != serial)
-        {
-            return;
-        }
-        self.stats.timeouts += 1;
-        if let Some(conn) = self.clients[c].conn {
-            self.reset_conn(conn, true);
-        }
-        self.client_error(c, "request timed out".to_string());
-    }
-
-    /// The connection failed under a request: its outcome is unknown, and
-    /// the client reconnects after a backoff and retries (a produce keeps
-    /// its batch and sends it again).
-    fn client_error(&mut self, c: usize, why: String) {
-        let client = &mut self.clients[c];
-        let what = client
-            .out
-            .take()
-            .map_or("idle".to_string(), |o| format!("{:?}", o.req.key()));
-        trace!(self, "c{c}: {why} ({what})");
-        let client = &mut self.clients[c];
-        client.last_error = why;
-        client.conn = None;
-        client.versions = None;
-        let b = self.backoff();
-        self.wake(c, b);
-    }
-
-    fn version(&mut self, c: usize, key: ApiKey) -> Option<i16> {
-        let (lo, hi) = *self.clients[c].versions.as_ref()?.get(&(key as i16))?;
-        Some(lo + self.rng.below((hi - lo + 1) as u64) as i16)
-    }
-
-    fn send(
-        &mut self,
-        c: usize,
-        req: Req,
-        version: i16,
-        frame_of: impl Fn(i32) -> Result<Vec<u8>, String>,
-    ) {
-        let conn = self.clients[c].conn.expect("connected");
-        let corr = self.clients[c].next_corr;
-        self.clients[c].next_corr += 1;
-        let frame = match frame_of(corr) {
-            Ok(f) => f,
-            Err(e) => return self.fail("protocol-error", format!("c{c}: {e}")),
-        };
-        self.stats.requests += 1;
-        let no_response = matches!(req, Req::Produce { acks: 0, .. });
-        trace!(
-            self,
-            "c{c} -> {:?} v{version} corr={corr} {req:?}",
-            req.key()
-        );
-        if no_response {
-            let gap = self.rng.between(0, 2 * self.producer_gap_ms) * MS / 2;
-            self.wake(c, gap.max(MS / 10));
-        } else {
-            self.serial += 1;
-            let out = Outstanding {
-                corr,
-                version,
-                req,
-                serial: self.serial,
-            };
-            let timeout = match &out.req {
-                Req::Fetch { .. } => 6_000,
-                _ => 3_000,
-            } * MS;
-            self.schedule_at(self.now + timeout, Event::ClientTimeout(c, out.serial));
-            self.conns.get_mut(&conn).expect("live").expect = Some(out.clone());
-            self.clients[c].out = Some(out);
-        }
-        self.send_to_broker(conn, frame);
-    }
-
-    fn client_step(&mut self, c: usize) {
-        if self.clients[c].out.is_some() || self.clients[c].stopped {
-            return;
-        }
-        let conn = self.clients[c].conn;
-        if conn.is_some_and(|n| self.conns[&n].alive && self.conns[&n].unread >= MAX_UNREAD) {
-            return self.wake(c, 5 * MS);
-        }
-        if self.clients[c].conn.is_none() {
-            let conn = self.next_conn;
-            self.next_conn += 1;
-            self.conns.insert(
-                conn,
-                Conn {
-                    client: c,
-                    alive: true,
-                    to_broker_seq: 0,
-                    to_client_seq: 0,
-                    unread: 0,
-                    at_client: InOrder::default(),
-                    expect: None,
-                },
-            );
-            self.clients[c].conn = Some(conn);
-            self.clients[c].next_corr = 0;
-            trace!(self, "c{c}: connect (connection {conn})");
-            let version = self.rng.below(4) as i16;
-            return self.send(c, Req::ApiVersions, version, |corr| {
-                let body = ApiVersionsRequest::default()
-                    .with_client_software_name(StrBytes::from_static_str("odradek-sim"))
-                    .with_client_software_version(StrBytes::from_static_str("0"));
-                encode_request(ApiKey::ApiVersions, version, corr, c, &body)
-            });
-        }
-        match self.clients[c].role {
-            Role::Admin => self.admin_step(c),
-            Role::Producer => self.producer_step(c),
-            Role::Consumer | Role::Final => self.consumer_step(c),
-        }
     }
 
     fn all_tps(&self) -> Vec<Tp> {
@@ -1387,16 +656,17 @@ impl Run {
             });
         }
         if self.phase != Phase::Safety && self.phase != Phase::Settle {
-            self.clients[c].stopped = true;
+            self.clients[c].net.stopped = true;
             return;
         }
         let w = self.weights;
         let mut roll = self
+            .h
             .rng
             .below(w.list_offsets + w.delete_records + w.metadata + w.idle);
         if roll < w.list_offsets {
             let tps = self.usable_tps();
-            let timestamp = if self.rng.chance(0.5) { -1 } else { -2 };
+            let timestamp = if self.h.rng.chance(0.5) { -1 } else { -2 };
             return self.list_offsets(c, tps, timestamp);
         }
         roll -= w.list_offsets;
@@ -1408,7 +678,7 @@ impl Run {
             let all = (0..self.topics.len()).collect();
             return self.metadata(c, all);
         }
-        let gap = self.rng.between(5, 100) * MS;
+        let gap = self.h.rng.between(5, 100) * MS;
         self.wake(c, gap);
     }
 
@@ -1476,20 +746,20 @@ impl Run {
 
     fn delete_records(&mut self, c: usize) {
         let Some(version) = self.version(c, ApiKey::DeleteRecords) else {
-            let gap = self.rng.between(5, 100) * MS;
+            let gap = self.h.rng.between(5, 100) * MS;
             return self.wake(c, gap);
         };
         let tps = self.usable_tps();
         if tps.is_empty() {
             return;
         }
-        let tp = tps[self.rng.below(tps.len() as u64) as usize];
+        let tp = tps[self.h.rng.below(tps.len() as u64) as usize];
         // Somewhere between the log start and the high watermark as last
         // seen, mostly near the start: deleting is rare in real use.
         let m = &self.parts[&tp];
         let (lo, hi) = (m.log_start, m.hw.max(m.log_start));
         let span = ((hi - lo) as u64 / 4).max(1);
-        let offset = lo + self.rng.below(span + 1).min((hi - lo) as u64) as i64;
+        let offset = lo + self.h.rng.below(span + 1).min((hi - lo) as u64) as i64;
         let name = self.topics[tp.0].name.clone();
         self.send(c, Req::DeleteRecords { tp, offset }, version, |corr| {
             let body = DeleteRecordsRequest::default()
@@ -1504,16 +774,16 @@ impl Run {
     }
 
     fn make_batch(&mut self, c: usize, tp: Tp, acks: i16) -> ProduceBatch {
-        let n = self.rng.between(1, 5);
-        let ts = self.client_wall_ms();
+        let n = self.h.rng.between(1, 5);
+        let ts = self.h.client_wall_ms();
         let mut b = BatchBuilder::new(ts);
         let mut values = Vec::new();
         for i in 0..n {
             let seq = self.clients[c].sent_batches;
-            let key = format!("k{}", self.rng.below(8));
+            let key = format!("k{}", self.h.rng.below(8));
             let mut value = format!("c{c}-{seq}-{i}#").into_bytes();
-            for _ in 0..self.rng.below(120) {
-                value.push(self.rng.next_u64() as u8);
+            for _ in 0..self.h.rng.below(120) {
+                value.push(self.h.rng.next_u64() as u8);
             }
             b = b.add(Some(key.as_bytes()), Some(&value), ts + i as i64);
             self.sent.insert(
@@ -1542,18 +812,18 @@ impl Run {
     fn producer_step(&mut self, c: usize) {
         if self.clients[c].batch.is_none() {
             if self.phase != Phase::Safety && self.phase != Phase::Settle {
-                self.clients[c].stopped = true;
+                self.clients[c].net.stopped = true;
                 return;
             }
             let tps = self.usable_tps();
             if tps.is_empty() {
-                let b = self.backoff();
+                let b = self.h.backoff();
                 return self.wake(c, b);
             }
-            let tp = tps[self.rng.below(tps.len() as u64) as usize];
+            let tp = tps[self.h.rng.below(tps.len() as u64) as usize];
             let acks = self.clients[c]
                 .acks
-                .unwrap_or_else(|| [0, 1, -1][self.rng.below(3) as usize]);
+                .unwrap_or_else(|| [0, 1, -1][self.h.rng.below(3) as usize]);
             let batch = self.make_batch(c, tp, acks);
             self.clients[c].batch = Some(batch);
         }
@@ -1584,14 +854,7 @@ impl Run {
             records: batch.values.len(),
         };
         self.send(c, req, version, |corr| {
-            let body = ProduceRequest::default()
-                .with_acks(batch.acks)
-                .with_timeout_ms(2_000)
-                .with_topic_data(vec![TopicProduceData::default()
-                    .with_name(topic_name(&name))
-                    .with_partition_data(vec![PartitionProduceData::default()
-                        .with_index(batch.tp.1)
-                        .with_records(Some(Bytes::from(batch.bytes.clone())))])]);
+            let body = produce_request(&name, batch.tp.1, batch.acks, &batch.bytes);
             encode_request(ApiKey::Produce, version, corr, c, &body)
         });
     }
@@ -1601,7 +864,7 @@ impl Run {
             && self.phase != Phase::Safety
             && self.phase != Phase::Settle
         {
-            self.clients[c].stopped = true;
+            self.clients[c].net.stopped = true;
             return;
         }
         if self.clients[c].role == Role::Final {
@@ -1609,7 +872,7 @@ impl Run {
         }
         // A new session now and then: a fresh consumer reading from 0
         // re-reads offsets others read long ago.
-        if self.rng.chance(0.002) {
+        if self.h.rng.chance(0.002) {
             let client = &mut self.clients[c];
             client.session += 1;
             client.positions.clear();
@@ -1622,7 +885,7 @@ impl Run {
         }
         let tps = self.usable_tps();
         if tps.is_empty() {
-            let b = self.backoff();
+            let b = self.h.backoff();
             return self.wake(c, b);
         }
         let positions: Vec<(Tp, i64)> = tps
@@ -1636,10 +899,10 @@ impl Run {
         let Some(version) = self.version(c, ApiKey::Fetch) else {
             return self.fail("protocol-error", "the broker does not offer Fetch".into());
         };
-        let mut max_wait = [0, 10, 100, 500][self.rng.below(4) as usize];
-        let mut min_bytes = [0, 1, 1, 100, 4096][self.rng.below(5) as usize];
-        let mut max_bytes = [1, 300, 4096, 65_536, 1 << 20][self.rng.below(5) as usize];
-        let mut partition_max = [1, 200, 4096, 1 << 20][self.rng.below(4) as usize];
+        let mut max_wait = [0, 10, 100, 500][self.h.rng.below(4) as usize];
+        let mut min_bytes = [0, 1, 1, 100, 4096][self.h.rng.below(5) as usize];
+        let mut max_bytes = [1, 300, 4096, 65_536, 1 << 20][self.h.rng.below(5) as usize];
+        let mut partition_max = [1, 200, 4096, 1 << 20][self.h.rng.below(4) as usize];
         if self.clients[c].role == Role::Final {
             // Catching up, as a real consumer's defaults do: large reads,
             // so that the liveness bound measures the broker, not tiny
@@ -1678,26 +941,7 @@ impl Run {
         });
     }
 
-    fn client_response(&mut self, c: usize, conn: u64, frame: Vec<u8>) {
-        if self.clients[c].conn != Some(conn) {
-            return;
-        }
-        let Some(out) = self.clients[c].out.take() else {
-            return self.fail(
-                "protocol-error",
-                format!("c{c} got a response with no request outstanding"),
-            );
-        };
-        let (corr, resp) = match decode_response(&out, &frame) {
-            Ok(r) => r,
-            Err(e) => return self.fail("protocol-error", format!("c{c}: {e}")),
-        };
-        if corr != out.corr {
-            return self.fail(
-                "protocol-error",
-                format!("c{c} expected correlation id {} and got {corr}", out.corr),
-            );
-        }
+    fn response(&mut self, c: usize, out: Outstanding, resp: Resp) {
         match (&out.req, resp) {
             (Req::ApiVersions, Resp::ApiVersions(r)) => self.on_api_versions(c, r),
             (Req::CreateTopics, Resp::CreateTopics(r)) => self.on_create_topics(c, r),
@@ -1720,31 +964,12 @@ impl Run {
 
     fn next_after_response(&mut self, c: usize) {
         let gap = match self.clients[c].role {
-            Role::Producer => self.rng.between(0, 2 * self.producer_gap_ms) * MS / 2,
-            Role::Consumer => self.rng.between(0, 2 * self.consumer_gap_ms) * MS / 2,
-            Role::Admin => self.rng.between(5, 100) * MS,
+            Role::Producer => self.h.rng.between(0, 2 * self.producer_gap_ms) * MS / 2,
+            Role::Consumer => self.h.rng.between(0, 2 * self.consumer_gap_ms) * MS / 2,
+            Role::Admin => self.h.rng.between(5, 100) * MS,
             Role::Final => 2 * MS,
         };
         self.wake(c, gap.max(MS / 10));
-    }
-
-    fn on_api_versions(&mut self, c: usize, r: ApiVersionsResponse) {
-        if r.error_code != code::NONE {
-            self.clients[c].last_error = format!("ApiVersions error {}", r.error_code);
-            let b = self.backoff();
-            return self.wake(c, b);
-        }
-        let mut versions = BTreeMap::new();
-        for &(key, lo, hi) in CLIENT_VERSIONS {
-            if let Some(k) = r.api_keys.iter().find(|k| k.api_key == key as i16) {
-                let (lo, hi) = (lo.max(k.min_version), hi.min(k.max_version));
-                if lo <= hi {
-                    versions.insert(key as i16, (lo, hi));
-                }
-            }
-        }
-        self.clients[c].versions = Some(versions);
-        self.wake(c, MS / 10);
     }
 
     fn on_create_topics(&mut self, c: usize, r: CreateTopicsResponse) {
@@ -1752,7 +977,7 @@ impl Run {
         for t in &r.topics {
             if t.error_code != code::NONE && t.error_code != code::TOPIC_ALREADY_EXISTS {
                 ok = false;
-                self.clients[c].last_error = format!(
+                self.clients[c].net.last_error = format!(
                     "CreateTopics {}: error {} {:?}",
                     t.name.0.as_str(),
                     t.error_code,
@@ -1760,13 +985,17 @@ impl Run {
                 );
             }
         }
-        let why = if ok { "" } else { &self.clients[c].last_error };
+        let why = if ok {
+            ""
+        } else {
+            &self.clients[c].net.last_error
+        };
         trace!(self, "c{c}: topics created: {ok} {why}");
         if ok {
             self.created = true;
             self.next_after_response(c);
         } else {
-            let b = self.backoff();
+            let b = self.h.backoff();
             self.wake(c, b);
         }
     }
@@ -1828,14 +1057,14 @@ impl Run {
                 batch.attempts,
                 if retry { "retrying" } else { "giving up" }
             );
-            self.clients[c].last_error = format!("produce error {}", part.error_code);
+            self.clients[c].net.last_error = format!("produce error {}", part.error_code);
             if part.error_code == code::UNKNOWN_TOPIC_OR_PARTITION {
                 self.clients[c].need_metadata = true;
             }
             if !retry {
                 self.clients[c].batch = None;
             }
-            let b = self.backoff();
+            let b = self.h.backoff();
             return self.wake(c, b);
         }
         let base = part.base_offset;
@@ -1987,7 +1216,7 @@ impl Run {
     /// Checks one fetch response as the consumer reads it.
     fn on_fetch(&mut self, c: usize, positions: &[(Tp, i64)], r: FetchResponse) {
         if r.error_code != code::NONE {
-            self.clients[c].last_error = format!("fetch error {}", r.error_code);
+            self.clients[c].net.last_error = format!("fetch error {}", r.error_code);
             return self.next_after_response(c);
         }
         let mut total_bytes = 0;
@@ -2046,7 +1275,7 @@ impl Run {
                     e => {
                         all_clean = false;
                         trace!(self, "c{c}: fetch {}@{asked}: error {e}", self.tp_name(tp));
-                        self.clients[c].last_error =
+                        self.clients[c].net.last_error =
                             format!("fetch {} error {e}", self.tp_name(tp));
                         if self.clients[c].role == Role::Final {
                             self.final_stuck(c, tp, asked, format!("error {e}"));
@@ -2060,7 +1289,7 @@ impl Run {
                     starved = Some((tp, asked, p.high_watermark));
                 }
                 self.check_records(c, tp, asked, p.high_watermark, p.log_start_offset, &records);
-                if self.violation.is_some() {
+                if self.h.violation.is_some() {
                     return;
                 }
             }
@@ -2277,7 +1506,7 @@ impl Run {
 
     // ---- what the broker said, in the broker's order ----------------------
 
-    fn observe(&mut self, out: &Outstanding, resp: &Resp) {
+    fn observe_response(&mut self, out: &Outstanding, resp: &Resp) {
         match (&out.req, resp) {
             (Req::Produce { tp, acks, records }, Resp::Produce(r)) => {
                 for p in r
@@ -2384,10 +1613,10 @@ impl Run {
         }
         if error == code::KAFKA_STORAGE_ERROR {
             self.storage_errors += 1;
-            if self.restart_pending || self.broker.is_none() {
+            if self.h.restart_pending || self.h.broker.is_none() {
                 return;
             }
-            if !self.faults_on {
+            if !self.h.faults_on {
                 // A log taken offline before faults stopped is fixed by
                 // one restart; errors that keep coming are a liveness bug.
                 self.quiet_restarts += 1;
@@ -2398,8 +1627,9 @@ impl Run {
                     );
                 }
             }
-            self.restart_pending = true;
-            self.schedule_at(self.now + 10 * MS, Event::OperatorRestart);
+            self.h.restart_pending = true;
+            self.h
+                .schedule_at(self.h.now + 10 * MS, Event::OperatorRestart);
         }
     }
 
@@ -2452,36 +1682,16 @@ impl Run {
     /// damaged: one copy cannot survive the loss of that copy.
     fn damaged_from(&self, tp: Tp) -> Option<i64> {
         let prefix = self.partition_dir(tp);
-        self.disk
+        self.h
+            .disk
             .damage()
             .iter()
             .filter_map(|d| d.path.strip_prefix(&prefix).and_then(parse_data_name))
             .min()
     }
 
-    /// Every copy of the topic registry on disk damaged (a copy never
-    /// written, because the store that would have made it failed, does not
-    /// count): no restart can bring the broker back, and it refuses to start
-    /// rather than come up empty.
-    fn registry_damaged(&self) -> bool {
-        let damage = self.disk.damage();
-        let mut any_damaged = false;
-        for name in META_FILES {
-            let file = format!("{DATA_DIR}/{name}");
-            let damaged = damage
-                .iter()
-                .any(|d| d.path == file || d.path == format!("{file}.tmp"));
-            if damaged {
-                any_damaged = true;
-            } else if self.disk.exists(&file).unwrap_or(true) {
-                return false;
-            }
-        }
-        any_damaged
-    }
-
     fn both_checkpoint_copies_damaged(&self, tp: Tp) -> bool {
-        let damage = self.disk.damage();
+        let damage = self.h.disk.damage();
         let dir = self.partition_dir(tp);
         ["a", "b"].iter().all(|copy| {
             let name = format!("{dir}partition.checkpoint.{copy}");
@@ -2494,15 +1704,15 @@ impl Run {
     // ---- the phases ---------------------------------------------------------
 
     fn end_safety(&mut self) {
-        self.faults_on = false;
+        self.h.faults_on = false;
         self.phase = Phase::Settle;
-        let quiet = self.disk.faults().quiet();
-        self.disk.set_faults(quiet);
-        self.net.set_faults(self.net_faults.quiet());
+        let quiet = self.h.disk.faults().quiet();
+        self.h.disk.set_faults(quiet);
+        self.h.net.set_faults(self.h.net_faults.quiet());
         trace!(self, "safety phase over: faults off, liveness phase begins");
-        if self.broker.is_some() && self.storage_errors > 0 {
+        if self.h.broker.is_some() && self.storage_errors > 0 {
             trace!(self, "restarting the broker: storage errors were seen");
-            self.stop_broker(false);
+            self.h.stop_broker(false);
         }
         self.restart();
     }
@@ -2521,7 +1731,7 @@ impl Run {
     fn drained(&self) -> bool {
         self.clients.iter().all(|c| match c.role {
             Role::Producer => c.batch.is_none(),
-            Role::Admin => self.created && c.out.is_none(),
+            Role::Admin => self.created && c.net.out.is_none(),
             _ => true,
         })
     }
@@ -2531,13 +1741,13 @@ impl Run {
     fn final_power_loss(&mut self) {
         trace!(self, "final power loss");
         self.phase = Phase::FinalRead;
-        if self.broker.is_some() {
-            self.stop_broker(true);
+        if self.h.broker.is_some() {
+            self.h.stop_broker(true);
         } else {
-            self.disk.crash();
+            self.h.disk.crash();
         }
         self.restart();
-        if self.violation.is_some() {
+        if self.h.violation.is_some() {
             return;
         }
         let c = self.clients.len();
@@ -2626,7 +1836,7 @@ impl Run {
                 );
             }
         } else {
-            self.clients[c].last_error = format!("{} at {pos}: {why}", self.tp_name(tp));
+            self.clients[c].net.last_error = format!("{} at {pos}: {why}", self.tp_name(tp));
         }
     }
 
@@ -2736,15 +1946,95 @@ impl Run {
                 Role::Admin => !self.created,
                 Role::Consumer => false,
             })
-            .map(|(i, c)| format!("c{i} ({:?}): last error {:?}", c.role, c.last_error))
+            .map(|(i, c)| format!("c{i} ({:?}): last error {:?}", c.role, c.net.last_error))
             .collect();
         let detail = format!(
             "phase {:?} not finished {} ms after faults stopped: {}",
             self.phase,
-            (self.now - self.safety_end) / MS,
+            (self.h.now - self.safety_end) / MS,
             stuck.join("; ")
         );
         self.fail("liveness", detail);
+    }
+}
+
+impl Wire for Run {
+    type Req = Req;
+    type Resp = Resp;
+    type Ev = Ev;
+
+    fn host(&mut self) -> &mut Host<Req, Ev> {
+        &mut self.h
+    }
+
+    fn host_ref(&self) -> &Host<Req, Ev> {
+        &self.h
+    }
+
+    fn client(&mut self, c: usize) -> &mut ClientConn<Req> {
+        &mut self.clients[c].net
+    }
+
+    fn client_ref(&self, c: usize) -> &ClientConn<Req> {
+        &self.clients[c].net
+    }
+
+    fn client_versions(&self) -> &'static [(ApiKey, i16, i16)] {
+        CLIENT_VERSIONS
+    }
+
+    fn decode(&self, out: &Outstanding, bytes: &[u8]) -> Result<(i32, Resp), String> {
+        decode_response(out, bytes)
+    }
+
+    fn observe(&mut self, out: &Outstanding, resp: &Resp) {
+        self.observe_response(out, resp)
+    }
+
+    fn on_response(&mut self, c: usize, out: Outstanding, resp: Resp) {
+        self.response(c, out, resp)
+    }
+
+    fn client_work(&mut self, c: usize) {
+        match self.clients[c].role {
+            Role::Admin => self.admin_step(c),
+            Role::Producer => self.producer_step(c),
+            Role::Consumer | Role::Final => self.consumer_step(c),
+        }
+    }
+
+    fn on_event(&mut self, ev: Ev) {
+        match ev {
+            Ev::EndSafety => self.end_safety(),
+            Ev::Drain => self.drain(),
+            Ev::Deadline => self.liveness_deadline(),
+        }
+    }
+
+    fn after_event(&mut self) {
+        if self.phase == Phase::Drain && self.drained() {
+            self.final_power_loss();
+        }
+        if self.phase == Phase::FinalRead && self.final_read_done() {
+            self.final_check();
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    fn end_excused(&mut self) {
+        self.phase = Phase::Done;
+    }
+
+    fn broker_started(&mut self) {
+        self.storage_errors = 0;
+    }
+
+    fn unanswered_gap(&mut self, _c: usize) -> u64 {
+        let gap = self.h.rng.between(0, 2 * self.producer_gap_ms) * MS / 2;
+        gap.max(MS / 10)
     }
 }
 

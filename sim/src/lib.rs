@@ -9,10 +9,12 @@
 
 pub mod broker;
 pub mod disk;
+pub mod groups;
 pub mod net;
 pub mod rng;
 pub mod storage;
 pub mod trace;
+pub(crate) mod wire;
 
 use std::fmt;
 
@@ -26,15 +28,20 @@ pub enum Workload {
     /// topics, produce, fetch, list offsets and delete records over the
     /// simulated network.
     Broker,
+    /// Consumer groups (classic and KIP-848) on one broker: members that
+    /// join, sync, heartbeat, consume and commit while they and the broker
+    /// crash, pause and lose messages.
+    Groups,
 }
 
 impl Workload {
-    pub const ALL: &'static [Workload] = &[Workload::Storage, Workload::Broker];
+    pub const ALL: &'static [Workload] = &[Workload::Storage, Workload::Broker, Workload::Groups];
 
     pub fn name(self) -> &'static str {
         match self {
             Workload::Storage => "storage",
             Workload::Broker => "broker",
+            Workload::Groups => "groups",
         }
     }
 
@@ -84,6 +91,7 @@ impl RunOptions {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum FaultKind {
     Crash,
+    /// The broker process killed; in the groups workload, members crash too.
     Kill,
     ClockJump,
     ReadFlip,
@@ -95,6 +103,9 @@ pub enum FaultKind {
     /// Messages between clients and nodes dropped (a client connection
     /// resets).
     NetLoss,
+    /// Clients stop for a while (a GC pause, SIGSTOP): the groups
+    /// workload's members.
+    Pause,
 }
 
 impl FaultKind {
@@ -109,6 +120,7 @@ impl FaultKind {
         FaultKind::SyncError,
         FaultKind::Buggify,
         FaultKind::NetLoss,
+        FaultKind::Pause,
     ];
 
     pub fn name(self) -> &'static str {
@@ -123,6 +135,7 @@ impl FaultKind {
             FaultKind::SyncError => "sync-error",
             FaultKind::Buggify => "buggify",
             FaultKind::NetLoss => "net-loss",
+            FaultKind::Pause => "pause",
         }
     }
 
@@ -314,6 +327,7 @@ pub fn run(opts: &RunOptions) -> RunReport {
     match opts.workload {
         Workload::Storage => storage::run(opts),
         Workload::Broker => broker::run(opts),
+        Workload::Groups => groups::run(opts),
     }
 }
 
@@ -350,7 +364,7 @@ mod tests {
         assert_eq!(
             s.options.replay_command(),
             format!(
-                "odradek sim run --seed 5 --workload storage --disable kill,clock-jump,read-flip,latent-rot,misdirect,no-space,sync-error,buggify,net-loss --safety-ms {ms}"
+                "odradek sim run --seed 5 --workload storage --disable kill,clock-jump,read-flip,latent-rot,misdirect,no-space,sync-error,buggify,net-loss,pause --safety-ms {ms}"
             )
         );
     }

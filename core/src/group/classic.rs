@@ -489,7 +489,10 @@ impl ClassicGroup {
         if self.leader.is_none() {
             self.leader = Some(id.clone());
         }
-        self.new_member_added = true;
+        // Only a new group's first rebalance is stretched by arrivals.
+        if self.state == ClassicState::PreparingRebalance && self.generation == 0 {
+            self.new_member_added = true;
+        }
         self.members.insert(
             id.clone(),
             ClassicMember {
@@ -904,25 +907,31 @@ impl ClassicGroup {
         codes
     }
 
+    /// Kafka 4's order: the member and its generation first, then the
+    /// state, so a fenced member hears that it is fenced.
     pub(super) fn validate_commit(&mut self, req: &CommitRequest, now: u64) -> Result<(), i16> {
         if req.generation_or_epoch < 0 && self.state == ClassicState::Empty {
             // Not managed by the group protocol (assign() and commit, or
             // an admin resetting offsets): allowed while nobody is in it.
             return Ok(());
         }
+        if req.generation_or_epoch >= 0 || !req.member_id.is_empty() || req.instance_id.is_some() {
+            if self.is_fenced(&req.member_id, req.instance_id.as_deref()) {
+                return Err(error::FENCED_INSTANCE_ID);
+            }
+            let Some(m) = self.members.get_mut(&req.member_id) else {
+                return Err(error::UNKNOWN_MEMBER_ID);
+            };
+            if req.generation_or_epoch != self.generation {
+                return Err(error::ILLEGAL_GENERATION);
+            }
+            m.heartbeat_deadline = now + ms(m.session_timeout_ms);
+        } else {
+            return Err(error::UNKNOWN_MEMBER_ID);
+        }
         if self.state == ClassicState::CompletingRebalance {
             return Err(error::REBALANCE_IN_PROGRESS);
         }
-        if self.is_fenced(&req.member_id, req.instance_id.as_deref()) {
-            return Err(error::FENCED_INSTANCE_ID);
-        }
-        let Some(m) = self.members.get_mut(&req.member_id) else {
-            return Err(error::UNKNOWN_MEMBER_ID);
-        };
-        if req.generation_or_epoch != self.generation {
-            return Err(error::ILLEGAL_GENERATION);
-        }
-        m.heartbeat_deadline = now + ms(m.session_timeout_ms);
         Ok(())
     }
 

@@ -145,6 +145,12 @@ impl<D: Disk + Clone> Broker<D> {
 
     fn check_new_topic(&self, name: &str, also_creating: &BTreeSet<String>) -> Result<(), Failure> {
         meta::validate_topic_name(name).map_err(|e| (error::INVALID_TOPIC_EXCEPTION, e))?;
+        if super::is_internal(name) {
+            return Err((
+                error::INVALID_TOPIC_EXCEPTION,
+                format!("Topic '{name}' is reserved for the broker's internal use; it is created with the first group."),
+            ));
+        }
         if self.topics.contains_key(name) || self.meta.topics.contains_key(name) {
             return Err((
                 error::TOPIC_ALREADY_EXISTS,
@@ -198,7 +204,7 @@ impl<D: Disk + Clone> Broker<D> {
     }
 
     /// Records a new topic durably, then opens its partitions.
-    fn create_topic(
+    pub(crate) fn create_topic(
         &mut self,
         name: &str,
         partitions: i32,
@@ -432,6 +438,12 @@ impl<D: Disk + Clone> Broker<D> {
     }
 
     fn delete_topic(&mut self, name: &str) -> Result<(), Failure> {
+        if super::is_internal(name) {
+            return Err((
+                error::INVALID_TOPIC_EXCEPTION,
+                format!("Topic '{name}' is internal: deleting it would lose every group's committed offsets."),
+            ));
+        }
         let mut next = self.meta.clone();
         if let Some(t) = next.topics.get_mut(name) {
             t.deleting = true;
@@ -448,6 +460,12 @@ impl<D: Disk + Clone> Broker<D> {
             // Dropping the logs closes their files before they are removed.
             drop(t);
         }
+        // Kafka forgets committed offsets of a deleted topic: a new topic
+        // of the same name starts with none.
+        let mut fx = crate::group::Effects::default();
+        self.groups.topic_deleted(name, &mut fx);
+        let others = self.apply_group_effects(fx);
+        self.group_completions.extend(others);
         // Clients no longer see the topic; if removing its files fails, the
         // next start finishes the job.
         self.finish_deletion(name)
@@ -495,6 +513,12 @@ impl<D: Disk + Clone> Broker<D> {
                 format!("The topic '{name}' does not exist."),
             ));
         };
+        if super::is_internal(&name) {
+            return Err((
+                error::INVALID_PARTITIONS,
+                format!("Topic '{name}' is internal: its partition count places every group and cannot change."),
+            ));
+        }
         let have = topic.partitions.len() as i32;
         if t.count < have {
             return Err((

@@ -30,6 +30,7 @@
 mod admin;
 pub mod configs;
 mod fetch;
+mod groups;
 pub mod meta;
 mod offsets;
 mod produce;
@@ -47,7 +48,9 @@ use crate::io::clock::{Clock, Instant};
 use crate::io::disk::{self, Disk};
 use crate::storage::log::{Log, LogError};
 
+use crate::group::{Coordinator, GroupConfig};
 use configs::TopicSettings;
+pub use groups::{is_internal, OFFSETS_TOPIC};
 use meta::MetaState;
 
 /// Kafka's error codes used here.
@@ -76,6 +79,7 @@ pub mod error {
     pub const UNKNOWN_LEADER_EPOCH: i16 = 75;
     pub const INVALID_RECORD: i16 = 87;
     pub const UNKNOWN_TOPIC_ID: i16 = 100;
+    pub use crate::group::error::*;
 }
 
 /// The API versions this broker handles: (key, min, max). The minimums are
@@ -96,6 +100,19 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::InitProducerId, 0, 5),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::FindCoordinator, 0, 6),
+    (ApiKey::JoinGroup, 2, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetFetch, 1, 9),
+    (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::DescribeGroups, 0, 6),
+    (ApiKey::ListGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::ConsumerGroupHeartbeat, 0, 1),
+    (ApiKey::ConsumerGroupDescribe, 0, 1),
 ];
 
 /// A single broker's partitions are led by itself in this epoch; the Raft
@@ -132,6 +149,11 @@ pub struct BrokerConfig {
     /// these (`log.retention.ms` for `retention.ms`, …), and DescribeConfigs
     /// on the broker reports them.
     pub settings: BTreeMap<String, String>,
+    /// `offsets.topic.num.partitions`: used when `__consumer_offsets` is
+    /// created; afterwards the topic's own count rules.
+    pub offsets_topic_num_partitions: i32,
+    /// The group coordinator's settings (`group.*`, `offsets.*`).
+    pub group: GroupConfig,
 }
 
 impl BrokerConfig {
@@ -150,6 +172,8 @@ impl BrokerConfig {
             retention_check_interval_ms: 300_000,
             fetch_max_bytes: 57_671_680,
             settings: BTreeMap::new(),
+            offsets_topic_num_partitions: 50,
+            group: GroupConfig::default(),
         }
     }
 }
@@ -236,6 +260,20 @@ pub struct Broker<D: Disk + Clone> {
     pending_produce: BTreeMap<ConnId, produce::PendingProduce>,
     pending_fetch: BTreeMap<ConnId, fetch::PendingFetch>,
     next_retention: Instant,
+    groups: Coordinator,
+    /// (monotonic ms, wall ms) of the request or poll being handled.
+    group_clock: (u64, i64),
+    parked_group: BTreeMap<ConnId, groups::Parked>,
+    parked_partition: BTreeMap<ConnId, i32>,
+    durable_group: BTreeMap<ConnId, groups::Durable>,
+    /// Group replies to other connections, made while handling a request,
+    /// handed out by the next poll.
+    group_completions: Vec<(ConnId, FrameOutcome)>,
+    /// Partitions of `__consumer_offsets` whose records the last
+    /// `apply_group_effects` failed to append: replies that depend on them
+    /// must not be released.
+    group_failed: std::collections::BTreeSet<i32>,
+    client_hosts: BTreeMap<ConnId, String>,
 }
 
 fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
@@ -312,7 +350,20 @@ impl<D: Disk + Clone> Broker<D> {
             pending_produce: BTreeMap::new(),
             pending_fetch: BTreeMap::new(),
             next_retention: Instant::ZERO,
+            groups: Coordinator::new(GroupConfig::default(), 1, 0),
+            group_clock: (clock.now().as_millis(), clock.wall_ms()),
+            parked_group: BTreeMap::new(),
+            parked_partition: BTreeMap::new(),
+            durable_group: BTreeMap::new(),
+            group_completions: Vec::new(),
+            group_failed: std::collections::BTreeSet::new(),
+            client_hosts: BTreeMap::new(),
         };
+        broker.groups = Coordinator::new(
+            broker.config.group.clone(),
+            broker.config.offsets_topic_num_partitions,
+            broker.groups_salt(),
+        );
         broker.next_retention = clock
             .now()
             .plus_millis(broker.config.retention_check_interval_ms);
@@ -338,6 +389,7 @@ impl<D: Disk + Clone> Broker<D> {
             .disk
             .sync_dir(&broker.config.data_dir)
             .map_err(|e| format!("cannot sync data directory {dir}: {e}"))?;
+        broker.load_offsets_partitions();
         Ok(broker)
     }
 
@@ -455,17 +507,25 @@ impl<D: Disk + Clone> Broker<D> {
             }
             return unsupported(key, version, correlation_id, Some((lo, hi)));
         }
-        if self.pending_produce.contains_key(&conn) || self.pending_fetch.contains_key(&conn) {
+        if self.pending_produce.contains_key(&conn)
+            || self.pending_fetch.contains_key(&conn)
+            || self.parked_group.contains_key(&conn)
+            || self.durable_group.contains_key(&conn)
+        {
             return FrameOutcome::Close(format!(
                 "{key:?} request on connection {conn:?} while its previous request is still being handled"
             ));
         }
         let mut buf = bytes::Bytes::copy_from_slice(frame);
-        if let Err(e) = RequestHeader::decode(&mut buf, key.request_header_version(version)) {
-            return FrameOutcome::Close(format!(
-                "malformed {key:?} v{version} request header: {e}"
-            ));
-        }
+        let client_id = match RequestHeader::decode(&mut buf, key.request_header_version(version)) {
+            Err(e) => {
+                return FrameOutcome::Close(format!(
+                    "malformed {key:?} v{version} request header: {e}"
+                ))
+            }
+            Ok(h) => h.client_id.map(|c| c.to_string()).unwrap_or_default(),
+        };
+        self.group_clock = (clock.now().as_millis(), clock.wall_ms());
         let ctx = Ctx {
             conn,
             key,
@@ -563,6 +623,59 @@ impl<D: Disk + Clone> Broker<D> {
                 let resp = self.describe_cluster(&req);
                 ctx.respond(&resp)
             }
+            ApiKey::FindCoordinator => {
+                let req = decode!(FindCoordinatorRequest);
+                let resp = self.find_coordinator(&ctx, &req);
+                ctx.respond(&resp)
+            }
+            ApiKey::JoinGroup => {
+                let req = decode!(JoinGroupRequest);
+                self.join_group(&ctx, &client_id, &req)
+            }
+            ApiKey::SyncGroup => {
+                let req = decode!(SyncGroupRequest);
+                self.sync_group(&ctx, &req)
+            }
+            ApiKey::Heartbeat => {
+                let req = decode!(HeartbeatRequest);
+                self.heartbeat(&ctx, &req)
+            }
+            ApiKey::LeaveGroup => {
+                let req = decode!(LeaveGroupRequest);
+                self.leave_group(&ctx, &req)
+            }
+            ApiKey::OffsetCommit => {
+                let req = decode!(OffsetCommitRequest);
+                self.offset_commit(&ctx, &req)
+            }
+            ApiKey::OffsetFetch => {
+                let req = decode!(OffsetFetchRequest);
+                self.offset_fetch(&ctx, &req)
+            }
+            ApiKey::OffsetDelete => {
+                let req = decode!(OffsetDeleteRequest);
+                self.offset_delete(&ctx, &req)
+            }
+            ApiKey::DescribeGroups => {
+                let req = decode!(DescribeGroupsRequest);
+                self.describe_groups(&ctx, &req)
+            }
+            ApiKey::ListGroups => {
+                let req = decode!(ListGroupsRequest);
+                self.list_groups(&ctx, &req)
+            }
+            ApiKey::DeleteGroups => {
+                let req = decode!(DeleteGroupsRequest);
+                self.delete_groups(&ctx, &req)
+            }
+            ApiKey::ConsumerGroupHeartbeat => {
+                let req = decode!(ConsumerGroupHeartbeatRequest);
+                self.consumer_group_heartbeat(&ctx, &client_id, &req)
+            }
+            ApiKey::ConsumerGroupDescribe => {
+                let req = decode!(ConsumerGroupDescribeRequest);
+                self.consumer_group_describe(&ctx, &req)
+            }
             // Every key in SUPPORTED has an arm above.
             _ => FrameOutcome::Close(format!(
                 "api {key:?} is listed as supported but has no handler"
@@ -575,6 +688,9 @@ impl<D: Disk + Clone> Broker<D> {
     pub fn poll(&mut self, clock: &dyn Clock) -> Vec<Completion> {
         let now = clock.now();
         let wall_ms = clock.wall_ms();
+        self.group_clock = (now.as_millis(), wall_ms);
+        let mut group_done = std::mem::take(&mut self.group_completions);
+        group_done.extend(self.group_tick());
         self.sync_dirty();
         if now >= self.next_retention {
             self.next_retention = now.plus_millis(self.config.retention_check_interval_ms.max(1));
@@ -590,6 +706,12 @@ impl<D: Disk + Clone> Broker<D> {
         }
         let mut done = self.release_produces();
         done.extend(self.release_fetches(now, wall_ms));
+        group_done.extend(self.release_group_replies());
+        done.extend(
+            group_done
+                .into_iter()
+                .map(|(conn, outcome)| Completion { conn, outcome }),
+        );
         done
     }
 
@@ -600,7 +722,12 @@ impl<D: Disk + Clone> Broker<D> {
         if let Some(f) = fetch {
             at = Some(f.min(self.next_retention));
         }
-        if !self.pending_produce.is_empty() {
+        let groups = Instant::from_millis(self.groups.next_deadline());
+        at = Some(at.map_or(groups, |a| a.min(groups)));
+        if !self.pending_produce.is_empty()
+            || !self.durable_group.is_empty()
+            || !self.group_completions.is_empty()
+        {
             // Due at once: the next poll syncs and answers them.
             at = Some(Instant::ZERO);
         }
@@ -613,6 +740,22 @@ impl<D: Disk + Clone> Broker<D> {
         // A pending produce's data is already appended; only its answer is
         // dropped, as Kafka drops the response to a closed connection.
         self.pending_produce.remove(&conn);
+        self.parked_group.remove(&conn);
+        self.parked_partition.remove(&conn);
+        self.durable_group.remove(&conn);
+        self.client_hosts.remove(&conn);
+    }
+
+    /// The peer's address, as group descriptions show it ("/127.0.0.1").
+    pub fn set_client_host(&mut self, conn: ConnId, host: String) {
+        self.client_hosts.insert(conn, host);
+    }
+
+    pub(crate) fn client_host(&self, conn: ConnId) -> String {
+        self.client_hosts
+            .get(&conn)
+            .cloned()
+            .unwrap_or_else(|| "/unknown".to_string())
     }
 
     /// A clean stop: syncs and closes every log.

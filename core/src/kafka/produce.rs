@@ -176,6 +176,12 @@ impl<D: Disk + Clone> Broker<D> {
                 format!("topic {topic} does not exist"),
             ));
         };
+        if super::is_internal(topic) {
+            return Err(Refusal::new(
+                error::INVALID_TOPIC_EXCEPTION,
+                format!("Cannot append to internal topic {topic}"),
+            ));
+        }
         let settings = t.settings.clone();
         let Some(p) = self.partition_mut(topic, partition) else {
             return Err(Refusal::new(
