@@ -1,7 +1,10 @@
 //! `odradek-model`: runs the models deeper than the test suite does.
 //!
-//!     cargo run -p odradek-model --release -- classic --depth 22
-//!     cargo run -p odradek-model --release -- classic --depth 18 --bug keep-across-rejoin
+//!     cargo run -p odradek-model --release -- classic --depth 16 --max-faults 1
+//!     cargo run -p odradek-model --release -- classic --depth 20 --max-faults 0 --bug keep-across-rejoin
+//!
+//! Memory grows with the search frontier, which holds whole states (the
+//! real coordinator's included): about 3 KB per unique state.
 //!
 //! Prints the states explored, unique states and time, every property's
 //! result, and the trace of each discovery. Exits non-zero if an `always`
@@ -11,7 +14,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use odradek_model::group::{
-    self, ClientBug, Config, EXPELLED_OWNER, SAFETY, STABLE_AFTER_RESTART, STABLE_GROUP,
+    self, ClientBug, Config, Search, EXPELLED_OWNER, SAFETY, STABLE_AFTER_RESTART, STABLE_GROUP,
 };
 
 #[derive(Parser)]
@@ -40,8 +43,18 @@ enum Command {
         /// checked.
         #[arg(long, default_value_t = 20)]
         depth: usize,
-        #[arg(long, default_value_t = 2)]
+        /// Checker threads; only one gives an exact depth bound.
+        #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// Depth first instead of breadth first: memory for fingerprints
+        /// only, so much deeper, but the depth bound is not exact (a state
+        /// first reached by a longer path is not searched again).
+        #[arg(long)]
+        dfs: bool,
+        /// Stop once about this many states have been generated, and
+        /// report what was searched.
+        #[arg(long)]
+        max_states: Option<usize>,
         #[arg(long, default_value_t = 2)]
         members: usize,
         #[arg(long, default_value_t = 2)]
@@ -82,6 +95,8 @@ fn main() -> ExitCode {
     let Command::Classic {
         depth,
         threads,
+        dfs,
+        max_states,
         members,
         partitions,
         bug,
@@ -111,7 +126,17 @@ fn main() -> ExitCode {
         max_generation,
     };
     println!("classic group model: {cfg:?}");
-    let out = group::check(cfg, depth, threads);
+    if threads > 1 && !dfs {
+        println!(
+            "note: with {threads} threads the search is not level by level, so a few states \
+             within the depth bound may go unchecked; use --threads 1 for an exact bound"
+        );
+    }
+    let how = if dfs { Search::Dfs } else { Search::Bfs };
+    if dfs {
+        println!("note: depth-first, so the depth bound is not exact");
+    }
+    let out = group::search(cfg, depth, how, threads, max_states);
     println!("{}", out.summary());
     for name in SAFETY {
         let verdict = if out.found(name) {

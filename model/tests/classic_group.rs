@@ -42,7 +42,7 @@ fn classic_group_is_safe_and_reaches_a_stable_group() {
         max_faults: 1,
         ..Config::default()
     };
-    let out = check(cfg, 16, 1);
+    let out = check(cfg, 16);
     show("classic group, 1 fault", &out);
     assert_safe(&out);
     assert!(out.found(STABLE_GROUP), "no stable group within the bound");
@@ -67,7 +67,7 @@ fn classic_group_is_safe_when_time_passes_between_deadlines() {
         lossy: false,
         ..Config::default()
     };
-    let out = check(cfg, 22, 1);
+    let out = check(cfg, 22);
     show("classic group, time passing, no fault", &out);
     assert_safe(&out);
     assert!(out.found(STABLE_GROUP), "no stable group within the bound");
@@ -93,7 +93,7 @@ fn classic_group_is_safe_across_failover_and_leaves() {
         lossy: false,
         ..Config::default()
     };
-    let out = check(cfg, 14, 1);
+    let out = check(cfg, 14);
     show("classic group, failover and leaves, 1 fault", &out);
     assert_safe(&out);
     assert!(out.found(STABLE_GROUP), "no stable group within the bound");

@@ -14,7 +14,10 @@
 //! With failover on, the records the coordinator writes are kept
 //! (compacted, as `__consumer_offsets` is), and the coordinator can crash
 //! at any point and come back by loading them, as a new leader of the
-//! partition would.
+//! partition would; the requests parked on the old one get
+//! NOT_COORDINATOR (their connections drop). Requests still travelling to
+//! the old one are delivered to the new one: more than can happen, which
+//! can only add behaviours, never hide one.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -78,6 +81,10 @@ pub fn config() -> GroupConfig {
 
 fn waiter(src: Id, conn: u32) -> Waiter {
     ((usize::from(src) as u64) << 32) | u64::from(conn)
+}
+
+fn unwaiter(w: Waiter) -> (Id, u32) {
+    (Id::from((w >> 32) as usize), (w & 0xffff_ffff) as u32)
 }
 
 fn client_id(src: Id) -> String {
@@ -170,7 +177,10 @@ impl CoordinatorNode {
                     .coordinator
                     .leave(GROUP, &[(member_id, None)], now, wall, &mut fx);
             }
-            Msg::JoinResp { .. } | Msg::SyncResp { .. } | Msg::HeartbeatResp { .. } => {}
+            Msg::JoinResp { .. }
+            | Msg::SyncResp { .. }
+            | Msg::HeartbeatResp { .. }
+            | Msg::NotCoordinator { .. } => {}
         }
         self.effects(state, fx, o);
     }
@@ -180,13 +190,23 @@ impl CoordinatorNode {
             unreachable!("the coordinator node holds coordinator state")
         };
         if timer == Timer::Failover {
-            // The broker dies with whatever was parked on it (those
-            // connections are gone), and the partition's next leader loads
-            // its records, with the clock where it was.
-            let fresh = self.start(cur.log.clone(), cur.now, cur.restarts + 1);
-            self.set_timers(&fresh, o);
+            // The broker dies, and the partition's next leader loads its
+            // records, with the clock where it was. The requests parked on
+            // the old one can no longer be answered (`unload` names them):
+            // their connections drop, which their clients see as
+            // NOT_COORDINATOR, and they retry.
+            let (log, now, restarts) = (cur.log.clone(), cur.now, cur.restarts + 1);
+            let s = coordinator_mut(state);
+            for w in s.coordinator.unload(0) {
+                let (dst, conn) = unwaiter(w);
+                o.send(dst, Msg::NotCoordinator { conn });
+            }
+            *s = self.start(log, now, restarts);
+            let NodeState::Coordinator(s) = &**state else {
+                unreachable!("the coordinator node holds coordinator state")
+            };
+            self.set_timers(s, o);
             o.set_timer(Timer::Failover, model_timeout());
-            *coordinator_mut(state) = fresh;
             return;
         }
         let deadline = cur.coordinator.next_deadline();
@@ -216,8 +236,7 @@ impl CoordinatorNode {
     /// tick for the next deadline.
     fn effects(&self, state: &mut Cow<NodeState>, fx: Effects, o: &mut Out<Node>) {
         for (w, reply) in fx.replies {
-            let dst = Id::from((w >> 32) as usize);
-            let conn = (w & 0xffff_ffff) as u32;
+            let (dst, conn) = unwaiter(w);
             let msg = match reply {
                 Reply::Join(r) => Msg::JoinResp {
                     conn,

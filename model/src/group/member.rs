@@ -282,6 +282,17 @@ impl MemberNode {
                     _ => self.rejoin(s, o),
                 }
             }
+            Msg::NotCoordinator { conn } => {
+                // The coordinator went away with the request: find it again
+                // and retry, JoinGroup as it was, SyncGroup by rejoining.
+                if self.expects(cur, conn, Phase::Joining) {
+                    let s = member_mut(state);
+                    self.send_join(s, o);
+                } else if self.expects(cur, conn, Phase::Syncing) {
+                    let s = member_mut(state);
+                    self.rejoin(s, o);
+                }
+            }
             Msg::Join { .. } | Msg::Sync { .. } | Msg::Heartbeat { .. } | Msg::Leave { .. } => {}
         }
     }

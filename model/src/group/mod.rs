@@ -164,6 +164,11 @@ pub enum Msg {
         conn: u32,
         error: i16,
     },
+    /// The coordinator a request was parked on is gone (its connection
+    /// dropped).
+    NotCoordinator {
+        conn: u32,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -468,8 +473,11 @@ impl Config {
 
 /// What a bounded BFS run found.
 pub struct Outcome {
-    /// Every state at most this many steps from the start was checked.
+    /// The depth bound, in steps from the start.
     pub depth: usize,
+    /// Whether every state within the bound was checked (breadth first, one
+    /// thread), rather than nearly every one.
+    pub exact: bool,
     /// States generated, with repeats; those one step past the bound are
     /// generated (and counted) but not checked.
     pub states: usize,
@@ -504,7 +512,12 @@ impl Outcome {
     pub fn summary(&self) -> String {
         let secs = self.elapsed.as_secs_f64();
         format!(
-            "every state within {} steps checked: {} states generated, {} unique, {:.2} s ({:.0} states/s)",
+            "{} within {} steps checked: {} states generated, {} unique, {:.2} s ({:.0} states/s)",
+            if self.exact {
+                "every state"
+            } else {
+                "states (not all)"
+            },
             self.depth,
             self.states,
             self.unique_states,
@@ -514,16 +527,38 @@ impl Outcome {
     }
 }
 
-/// Breadth-first search of `cfg`'s model, checking every state at most
-/// `depth` steps from the start. Stops early only once every property has
-/// a discovery.
-///
-/// With one thread the search is level by level, so the bound is exact.
-/// With more, threads run ahead of one another and a state first reached
-/// by a longer path can be cut off at the bound: faster, but "every state
-/// within the bound" is then only nearly true.
-pub fn check(cfg: Config, depth: usize, threads: usize) -> Outcome {
-    run(cfg, depth, threads, HasDiscoveries::All)
+/// How to search.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Search {
+    /// Breadth first. With one thread the search is level by level, so the
+    /// depth bound is exact; with more, threads run ahead of one another
+    /// and a state first reached by a longer path can be cut off at the
+    /// bound: faster, but "every state within the bound" is then only
+    /// nearly true. Memory grows with the frontier, whole states.
+    Bfs,
+    /// Depth first: memory for fingerprints only, so it goes much deeper,
+    /// but a state first reached by a long path is not searched again when
+    /// a shorter one reaches it, so the bound is not exact. For hunting.
+    Dfs,
+}
+
+/// Breadth-first search of `cfg`'s model, single-threaded, checking every
+/// state at most `depth` steps from the start. Stops early only once every
+/// property has a discovery.
+pub fn check(cfg: Config, depth: usize) -> Outcome {
+    search(cfg, depth, Search::Bfs, 1, None)
+}
+
+/// `cfg`'s model searched to `depth` steps, stopping once about
+/// `max_states` states have been generated, if given.
+pub fn search(
+    cfg: Config,
+    depth: usize,
+    how: Search,
+    threads: usize,
+    max_states: Option<usize>,
+) -> Outcome {
+    run(cfg, depth, how, threads, max_states, HasDiscoveries::All)
 }
 
 /// Breadth-first search, single-threaded, that stops as soon as
@@ -533,23 +568,51 @@ pub fn find(cfg: Config, depth: usize, property: &'static str) -> Outcome {
     run(
         cfg,
         depth,
+        Search::Bfs,
         1,
+        None,
         HasDiscoveries::AnyOf(BTreeSet::from([property])),
     )
 }
 
-fn run(cfg: Config, depth: usize, threads: usize, until: HasDiscoveries) -> Outcome {
+fn run(
+    cfg: Config,
+    depth: usize,
+    how: Search,
+    threads: usize,
+    max_states: Option<usize>,
+    until: HasDiscoveries,
+) -> Outcome {
     let model = cfg.into_model();
     let start = Instant::now();
-    let checker = model
+    let mut builder = model
         .checker()
         .threads(threads)
         // stateright counts the initial state as depth 1 and checks the
         // states above its target depth.
         .target_max_depth(depth + 2)
-        .finish_when(until)
-        .spawn_bfs()
-        .join();
+        .finish_when(until);
+    if let Some(n) = max_states {
+        builder = builder.target_state_count(n);
+    }
+    let out = match how {
+        Search::Bfs => outcome(builder.spawn_bfs().join(), depth, threads == 1, start),
+        Search::Dfs => outcome(builder.spawn_dfs().join(), depth, false, start),
+    };
+    // Stopped at the state budget: not everything within the bound.
+    let cut = max_states.is_some_and(|n| out.states >= n);
+    Outcome {
+        exact: out.exact && !cut,
+        ..out
+    }
+}
+
+fn outcome(
+    checker: impl Checker<GroupModel>,
+    depth: usize,
+    exact: bool,
+    start: Instant,
+) -> Outcome {
     let elapsed = start.elapsed();
     let mut discoveries: Vec<(&'static str, Vec<String>)> = checker
         .discoveries()
@@ -568,6 +631,7 @@ fn run(cfg: Config, depth: usize, threads: usize, until: HasDiscoveries) -> Outc
     discoveries.sort_by_key(|(n, _)| *n);
     Outcome {
         depth,
+        exact,
         states: checker.state_count(),
         unique_states: checker.unique_state_count(),
         elapsed,
