@@ -381,6 +381,8 @@ struct Member {
     stale: Option<(i32, BTreeMap<i32, i64>, bool)>,
     coordinator_errors: u32,
     sloppy: bool,
+    /// What it had consumed when it last gave its partitions up.
+    last_positions: BTreeMap<i32, i64>,
 }
 
 impl Member {
@@ -405,6 +407,7 @@ impl Member {
             stale: None,
             coordinator_errors: 0,
             sloppy,
+            last_positions: BTreeMap::new(),
         }
     }
 }
@@ -1655,7 +1658,9 @@ impl Run {
     fn revoke(&mut self, c: usize) {
         let m = self.m(c);
         m.owned.clear();
-        m.positions.clear();
+        if !m.positions.is_empty() {
+            m.last_positions = std::mem::take(&mut m.positions);
+        }
     }
 
     /// The member must join again; `commit_first` commits what it consumed
@@ -2311,7 +2316,7 @@ impl Wire for Run {
             if !m.sloppy || m.generation < 1 {
                 return;
             }
-            let (gen, positions) = (m.generation, m.positions.clone());
+            let (gen, positions) = (m.generation, m.last_positions.clone());
             let commit = self.h.rng.chance(0.5);
             self.m(c).stale = Some((gen, positions, commit));
         }
