@@ -15,6 +15,9 @@ bash ci/setup.sh
 step "format"
 cargo fmt --all -- --check
 
+step "determinism (source check)"
+bash ci/check-determinism.sh
+
 step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 

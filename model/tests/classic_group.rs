@@ -4,13 +4,24 @@
 //!
 //! Deeper runs: `cargo run -p odradek-model --release -- classic --depth N`.
 
+use std::time::{Duration, Instant};
+
 use odradek_model::group::{
     check, find, ClientBug, Config, Outcome, EXPELLED_OWNER, SAFETY, SINGLE_OWNER_PER_GENERATION,
     STABLE_AFTER_RESTART, STABLE_GROUP,
 };
 
-fn show(name: &str, out: &Outcome) {
-    println!("{name}: {}", out.summary());
+/// Runs a search and prints what it covered and how long it took (timed
+/// here: the model crate itself never reads the wall clock).
+fn timed(name: &str, search: impl FnOnce() -> Outcome) -> Outcome {
+    let start = Instant::now();
+    let out = search();
+    show(name, &out, start.elapsed());
+    out
+}
+
+fn show(name: &str, out: &Outcome, elapsed: Duration) {
+    println!("{name}: {}", out.summary(elapsed.as_secs_f64()));
     for (property, trace) in &out.discoveries {
         println!("  discovery: {property} ({} steps)", trace.len());
     }
@@ -42,8 +53,7 @@ fn classic_group_is_safe_and_reaches_a_stable_group() {
         max_faults: 1,
         ..Config::default()
     };
-    let out = check(cfg, 16);
-    show("classic group, 1 fault", &out);
+    let out = timed("classic group, 1 fault", || check(cfg, 16));
     assert_safe(&out);
     assert!(out.found(STABLE_GROUP), "no stable group within the bound");
     assert!(
@@ -67,8 +77,7 @@ fn classic_group_is_safe_when_time_passes_between_deadlines() {
         lossy: false,
         ..Config::default()
     };
-    let out = check(cfg, 22);
-    show("classic group, time passing, no fault", &out);
+    let out = timed("classic group, time passing, no fault", || check(cfg, 22));
     assert_safe(&out);
     assert!(out.found(STABLE_GROUP), "no stable group within the bound");
     assert!(
@@ -93,8 +102,9 @@ fn classic_group_is_safe_across_failover_and_leaves() {
         lossy: false,
         ..Config::default()
     };
-    let out = check(cfg, 14);
-    show("classic group, failover and leaves, 1 fault", &out);
+    let out = timed("classic group, failover and leaves, 1 fault", || {
+        check(cfg, 14)
+    });
     assert_safe(&out);
     assert!(out.found(STABLE_GROUP), "no stable group within the bound");
 }
@@ -108,8 +118,9 @@ fn a_client_that_keeps_partitions_across_a_rejoin_is_caught() {
         max_faults: 0,
         ..Config::default()
     };
-    let out = find(cfg, 20, SINGLE_OWNER_PER_GENERATION);
-    show("keep-across-rejoin", &out);
+    let out = timed("keep-across-rejoin", || {
+        find(cfg, 20, SINGLE_OWNER_PER_GENERATION)
+    });
     print_trace(&out, SINGLE_OWNER_PER_GENERATION);
     assert!(out.found(SINGLE_OWNER_PER_GENERATION));
 }
@@ -127,8 +138,9 @@ fn a_client_that_reads_stale_replies_is_caught() {
         lossy: false,
         ..Config::default()
     };
-    let out = find(cfg, 17, SINGLE_OWNER_PER_GENERATION);
-    show("accept-stale-replies", &out);
+    let out = timed("accept-stale-replies", || {
+        find(cfg, 17, SINGLE_OWNER_PER_GENERATION)
+    });
     print_trace(&out, SINGLE_OWNER_PER_GENERATION);
     assert!(out.found(SINGLE_OWNER_PER_GENERATION));
 }
