@@ -730,6 +730,7 @@ async fn run(config: ServerConfig) -> Result<(), String> {
     broker_config.settings = config.topic_defaults.clone();
     broker_config.offsets_topic_num_partitions = config.offsets_topic_num_partitions;
     broker_config.group = config.group.clone();
+    broker_config.incarnation = incarnation()?;
     let clock = SystemClock::new();
     let started = std::time::Instant::now();
     // Recovery reads and checks every partition's unflushed tail: blocking
@@ -1085,4 +1086,12 @@ mod tests {
             "[::1]:5".parse().unwrap()
         );
     }
+}
+
+/// A fresh random number for this start of the process (Kafka's broker
+/// incarnation id).
+fn incarnation() -> Result<u64, String> {
+    let mut buf = [0u8; 8];
+    getrandom::fill(&mut buf).map_err(|e| format!("no randomness from the OS: {e}"))?;
+    Ok(u64::from_le_bytes(buf))
 }

@@ -791,6 +791,16 @@ impl Run {
             .any(|d| d.path.starts_with(&dir))
     }
 
+    /// The disk damaged synced data of partition `p` of the data topic.
+    fn data_damaged(&self, p: i32) -> bool {
+        let dir = format!("{DATA_DIR}/{TOPIC}-{p}/");
+        self.h
+            .disk
+            .damage()
+            .iter()
+            .any(|d| d.path.starts_with(&dir))
+    }
+
     fn gname(&self, g: usize) -> &str {
         &self.groups[g].name
     }
@@ -2013,7 +2023,11 @@ impl Run {
                     code::OFFSET_OUT_OF_RANGE if asked < p.log_start_offset => p.log_start_offset,
                     code::OFFSET_OUT_OF_RANGE => p.high_watermark.max(0),
                     code::KAFKA_STORAGE_ERROR => {
-                        self.note_storage_error();
+                        // Rot in a one-replica log is not mended by any
+                        // restart: reads of it fail for good, as in Kafka.
+                        if !self.data_damaged(p.partition_index) {
+                            self.note_storage_error();
+                        }
                         asked
                     }
                     _ => asked,

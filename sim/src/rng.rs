@@ -13,6 +13,8 @@ pub enum Stream {
     Disk = 4,
     Buggify = 5,
     Network = 6,
+    /// A broker's incarnation at each start: `stream(seed ^ restart, ..)`.
+    Incarnation = 7,
 }
 
 pub fn stream(seed: u64, which: Stream) -> ChaCha8Rng {

@@ -13,6 +13,7 @@
 
 use crate::disk::SimDisk;
 use crate::net::SimNetwork;
+use crate::rng::Stream;
 use crate::trace::Trace;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
@@ -631,7 +632,12 @@ pub(crate) trait Wire: Sized {
         } else {
             Buggify::seeded(h.seed ^ (h.restarts << 40))
         };
-        let result = Broker::open_with_buggify(h.disk.clone(), h.config.clone(), &clock, buggify);
+        let mut config = h.config.clone();
+        // Seeded, and new at every start, as the OS's randomness is for a
+        // real process.
+        config.incarnation =
+            crate::rng::stream(h.seed ^ h.restarts.rotate_left(32), Stream::Incarnation).next_u64();
+        let result = Broker::open_with_buggify(h.disk.clone(), config, &clock, buggify);
         let busy = h.disk.take_busy_ns();
         h.busy_until = h.busy_until.max(h.now + busy);
         match result {

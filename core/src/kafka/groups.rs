@@ -132,9 +132,14 @@ impl<D: Disk + Clone> Broker<D> {
         }
     }
 
+    /// Member ids mix this with a counter that starts again at every open,
+    /// so it must change with the incarnation: the same cluster, node and
+    /// counter after a restart would hand a new member an id a live client
+    /// still holds (the simulator found it).
     pub(crate) fn groups_salt(&self) -> u64 {
         let h = crc32c::crc32c(self.config.cluster_id.as_bytes());
-        (u64::from(h) << 32) | u64::from(self.config.node_id as u32)
+        let id = (u64::from(h) << 32) | u64::from(self.config.node_id as u32);
+        id ^ self.config.incarnation.rotate_left(17)
     }
 
     fn load_offsets_partition(&mut self, p: i32) {

@@ -154,6 +154,11 @@ pub struct BrokerConfig {
     pub offsets_topic_num_partitions: i32,
     /// The group coordinator's settings (`group.*`, `offsets.*`).
     pub group: GroupConfig,
+    /// Different on every start of the process, like Kafka's broker
+    /// incarnation id: the driver draws it from its randomness (the OS in
+    /// production, the seed in simulation). Member ids handed out after a
+    /// restart must not repeat ones live clients still hold.
+    pub incarnation: u64,
 }
 
 impl BrokerConfig {
@@ -174,6 +179,7 @@ impl BrokerConfig {
             settings: BTreeMap::new(),
             offsets_topic_num_partitions: 50,
             group: GroupConfig::default(),
+            incarnation: 0,
         }
     }
 }

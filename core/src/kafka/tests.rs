@@ -55,7 +55,14 @@ impl Harness {
 
     /// Drops the broker without a clean shutdown and opens it again.
     fn restart(&mut self) {
-        let fresh = Broker::open(self.disk.clone(), config(), &self.clock).unwrap();
+        // A new process: a new incarnation, as every driver draws one.
+        let mut c = config();
+        c.incarnation = self
+            .broker
+            .config()
+            .incarnation
+            .wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let fresh = Broker::open(self.disk.clone(), c, &self.clock).unwrap();
         self.broker = fresh;
     }
 
