@@ -826,6 +826,14 @@ fn resolve_listen_addr(endpoint: &Endpoint) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("listener host {host:?} resolves to no address"))
 }
 
+/// A fresh random number for this start of the process (Kafka's broker
+/// incarnation id).
+fn incarnation() -> Result<u64, String> {
+    let mut buf = [0u8; 8];
+    getrandom::fill(&mut buf).map_err(|e| format!("no randomness from the OS: {e}"))?;
+    Ok(u64::from_le_bytes(buf))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1086,12 +1094,4 @@ mod tests {
             "[::1]:5".parse().unwrap()
         );
     }
-}
-
-/// A fresh random number for this start of the process (Kafka's broker
-/// incarnation id).
-fn incarnation() -> Result<u64, String> {
-    let mut buf = [0u8; 8];
-    getrandom::fill(&mut buf).map_err(|e| format!("no randomness from the OS: {e}"))?;
-    Ok(u64::from_le_bytes(buf))
 }
