@@ -24,6 +24,10 @@ pub const UNRELEASED_PARTITIONS: i8 = 2;
 
 pub type Partitions = BTreeMap<u128, BTreeSet<i32>>;
 
+/// The member epoch of a static member that left for now (Kafka's
+/// `LEAVE_GROUP_STATIC_MEMBER_EPOCH`).
+pub const LEAVING_STATIC: i32 = -2;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeartbeatRequest {
     pub version: i16,
@@ -386,6 +390,26 @@ impl ConsumerGroup {
         }
     }
 
+    /// A static member's temporary leave (KIP-848, epoch -2): it keeps its
+    /// place and its partitions, so that when it restarts under the same
+    /// instance id nothing else moves. Its session still runs: if it does
+    /// not come back in time, it is removed then.
+    fn leave_for_now(&mut self, group: &str, partition: i32, id: &str, fx: &mut Effects) {
+        let Some(m) = self.members.get_mut(id) else {
+            return;
+        };
+        // Whatever it was giving up, it gave up when it closed.
+        m.value.revoking.clear();
+        m.value.state = STABLE;
+        m.revoke_deadline = None;
+        if m.value.epoch != LEAVING_STATIC {
+            m.value.previous_epoch = m.value.epoch;
+            m.value.epoch = LEAVING_STATIC;
+        }
+        m.told = None;
+        self.store_member(group, partition, id, fx);
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(super) fn heartbeat(
         &mut self,
@@ -419,8 +443,21 @@ impl ConsumerGroup {
                     ))
                 }
             };
-            self.remove(group, partition, &id, wall, fx);
-            self.bump(group, partition, topics, fx);
+            if req.member_epoch == LEAVING_STATIC {
+                if self.members[&id].value.instance_id != req.instance_id {
+                    return Err((
+                        error::FENCED_INSTANCE_ID,
+                        format!(
+                            "member {id} does not have instance id {:?}",
+                            req.instance_id
+                        ),
+                    ));
+                }
+                self.leave_for_now(group, partition, &id, fx);
+            } else {
+                self.remove(group, partition, &id, wall, fx);
+                self.bump(group, partition, topics, fx);
+            }
             return Ok(HeartbeatReply {
                 member_id: member_id.to_string(),
                 member_epoch: req.member_epoch,
@@ -429,24 +466,39 @@ impl ConsumerGroup {
             });
         }
         let mut joined = false;
+        let mut replaced = None;
         if req.member_epoch == 0 {
             if self.members.contains_key(member_id) {
                 // A member rejoining after being fenced: it starts over.
                 self.remove(group, partition, member_id, wall, fx);
             }
             if let Some(i) = &req.instance_id {
-                if let Some((other, _)) = self
+                if let Some((other, m)) = self
                     .members
                     .iter()
                     .find(|(_, m)| m.value.instance_id.as_ref() == Some(i))
                 {
-                    return Err((
-                        error::UNRELEASED_INSTANCE_ID,
-                        format!("instance id {i} is still in use by member {other}"),
-                    ));
+                    if m.value.epoch != LEAVING_STATIC {
+                        return Err((
+                            error::UNRELEASED_INSTANCE_ID,
+                            format!("instance id {i} is still in use by member {other}"),
+                        ));
+                    }
+                    replaced = Some(other.clone());
                 }
             }
-            if self.members.len() >= config.consumer_max_size {
+            let mut subscribed = Vec::new();
+            if let Some(old) = &replaced {
+                // The restarted static member takes its predecessor's
+                // place and target, so nothing else moves.
+                if let Some(m) = self.members.remove(old) {
+                    subscribed = m.value.subscribed_topics;
+                }
+                self.store_member(group, partition, old, fx);
+                if let Some(t) = self.target.remove(old) {
+                    self.target.insert(member_id.to_string(), t);
+                }
+            } else if self.members.len() >= config.consumer_max_size {
                 return Err((
                     error::GROUP_MAX_SIZE_REACHED,
                     format!("group {group} has reached its maximum size"),
@@ -462,7 +514,7 @@ impl ConsumerGroup {
                         client_host: req.client_host.clone(),
                         rebalance_timeout_ms: req.rebalance_timeout_ms,
                         server_assignor: req.server_assignor.clone(),
-                        subscribed_topics: Vec::new(),
+                        subscribed_topics: subscribed,
                         epoch: 0,
                         previous_epoch: -1,
                         state: STABLE,
@@ -535,7 +587,7 @@ impl ConsumerGroup {
             }
         }
         let assignor_changed = before.server_assignor != m.value.server_assignor;
-        if joined
+        if (joined && replaced.is_none())
             || subscription_changed
             || assignor_changed
             || self.subscribed_metadata(topics) != self.metadata

@@ -44,6 +44,19 @@ struct Client {
     epoch: Option<i32>,
     owned: Partitions,
     last_ok: u64,
+    /// Restarts so far: a restarted client has a new member id (KIP-848
+    /// clients make their own).
+    life: u32,
+}
+
+impl Client {
+    /// Gone: it owns nothing and comes back, if at all, as a new process.
+    fn restart(&mut self) {
+        *self = Client {
+            life: self.life + 1,
+            ..Client::default()
+        };
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -51,6 +64,8 @@ enum Op {
     Heartbeat(usize),
     Join(usize),
     Leave(usize),
+    /// A static member's close(): a leave with epoch -2.
+    LeaveStatic(usize),
     Advance(u64),
     Grow,
     Commit(usize, i64),
@@ -61,23 +76,29 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (0usize..4).prop_map(Op::Heartbeat),
         2 => (0usize..4).prop_map(Op::Join),
         1 => (0usize..4).prop_map(Op::Leave),
+        1 => (0usize..4).prop_map(Op::LeaveStatic),
         2 => (1u64..30_000).prop_map(Op::Advance),
         1 => Just(Op::Grow),
         1 => ((0usize..4), (0i64..100)).prop_map(|(m, o)| Op::Commit(m, o)),
     ]
 }
 
-fn member(i: usize) -> String {
-    format!("member-{i}")
+fn member(c: &Client, i: usize) -> String {
+    format!("member-{i}-{}", c.life)
+}
+
+/// Even-numbered clients are static members (`group.instance.id`).
+fn instance(i: usize) -> Option<String> {
+    (i % 2 == 0).then(|| format!("instance-{i}"))
 }
 
 fn heartbeat(c: &Client, i: usize, epoch: i32) -> HeartbeatRequest {
     HeartbeatRequest {
         version: 1,
         group: "g".into(),
-        member_id: member(i),
+        member_id: member(c, i),
         member_epoch: epoch,
-        instance_id: None,
+        instance_id: instance(i),
         rack: None,
         rebalance_timeout_ms: if epoch == 0 { 20_000 } else { -1 },
         subscribed_topics: (epoch == 0).then(|| vec!["t".to_string()]),
@@ -113,9 +134,16 @@ proptest! {
             let mut fx = Effects::default();
             match op {
                 Op::Join(i) if clients[i].epoch.is_none() => {
-                    let r = co.consumer_heartbeat(&heartbeat(&clients[i], i, 0), &t, now, 0, &mut fx);
-                    let r = r.expect("a join is accepted");
-                    clients[i] = Client { epoch: Some(r.member_epoch), owned: r.assignment.unwrap_or_default(), last_ok: now };
+                    match co.consumer_heartbeat(&heartbeat(&clients[i], i, 0), &t, now, 0, &mut fx) {
+                        Ok(r) => {
+                            clients[i].epoch = Some(r.member_epoch);
+                            clients[i].owned = r.assignment.unwrap_or_default();
+                            clients[i].last_ok = now;
+                        }
+                        // Only a static member whose predecessor has not
+                        // left is refused.
+                        Err(e) => prop_assert_eq!(e.0, error::UNRELEASED_INSTANCE_ID),
+                    }
                 }
                 Op::Heartbeat(i) | Op::Join(i) => {
                     let Some(e) = clients[i].epoch else { continue };
@@ -128,7 +156,7 @@ proptest! {
                             }
                         }
                         // Fenced or unknown: it lost everything and rejoins later.
-                        Err(_) => clients[i] = Client::default(),
+                        Err(_) => clients[i].restart(),
                     }
                 }
                 Op::Leave(i) => {
@@ -136,7 +164,18 @@ proptest! {
                         let mut req = heartbeat(&clients[i], i, e);
                         req.member_epoch = -1;
                         let _ = co.consumer_heartbeat(&req, &t, now, 0, &mut fx);
-                        clients[i] = Client::default();
+                        clients[i].restart();
+                    }
+                }
+                Op::LeaveStatic(i) => {
+                    if let (Some(e), Some(_)) = (clients[i].epoch, instance(i)) {
+                        let mut req = heartbeat(&clients[i], i, e);
+                        req.member_epoch = consumer::LEAVING_STATIC;
+                        let r = co.consumer_heartbeat(&req, &t, now, 0, &mut fx);
+                        if let Ok(r) = r {
+                            prop_assert_eq!(r.member_epoch, consumer::LEAVING_STATIC);
+                        }
+                        clients[i].restart();
                     }
                 }
                 Op::Advance(ms) => {
@@ -151,7 +190,7 @@ proptest! {
                         let req = CommitRequest {
                             group: "g".into(),
                             generation_or_epoch: e,
-                            member_id: member(i),
+                            member_id: member(&clients[i], i),
                             instance_id: None,
                             retention_ms: -1,
                             epoch_aware: true,
@@ -278,4 +317,110 @@ fn partition_for_matches_kafka() {
     assert_eq!(partition_for("my-group", 50), 12);
     assert_eq!(partition_for("console-consumer-12345", 50), 6);
     assert_eq!(partition_for("", 50), 0);
+}
+
+/// Heartbeats every client in turn until nothing changes; returns the group
+/// epoch reached.
+fn settle(co: &mut Coordinator, clients: &mut [(usize, Client)], t: &Topics, now: u64) -> i32 {
+    for _ in 0..10 {
+        for (i, c) in clients.iter_mut() {
+            let e = c.epoch.expect("joined");
+            let r = co
+                .consumer_heartbeat(&heartbeat(c, *i, e), t, now, 0, &mut Effects::default())
+                .expect("heartbeat accepted");
+            c.epoch = Some(r.member_epoch);
+            if let Some(a) = r.assignment {
+                c.owned = a;
+            }
+        }
+    }
+    co.consumer_group("g").expect("group").epoch
+}
+
+fn join_as(co: &mut Coordinator, c: &mut Client, i: usize, t: &Topics, now: u64) {
+    let r = co
+        .consumer_heartbeat(&heartbeat(c, i, 0), t, now, 0, &mut Effects::default())
+        .expect("join accepted");
+    c.epoch = Some(r.member_epoch);
+    c.owned = r.assignment.unwrap_or_default();
+}
+
+fn owned_count(c: &Client) -> usize {
+    c.owned.values().map(BTreeSet::len).sum()
+}
+
+/// KIP-848: a static member's close() (epoch -2) keeps its partitions
+/// until its session runs out, so its restart under the same instance id
+/// moves nothing; if it does not come back, its partitions move then.
+#[test]
+fn a_static_member_leaving_for_now_keeps_its_partitions() {
+    let t = topics(4);
+    let mut co = coordinator();
+    // Clients 0 and 2 are static.
+    let mut clients = vec![(0, Client::default()), (2, Client::default())];
+    for (i, c) in clients.iter_mut() {
+        join_as(&mut co, c, *i, &t, 0);
+    }
+    let epoch = settle(&mut co, &mut clients, &t, 0);
+    let before = clients[1].1.owned.clone();
+    assert_eq!(owned_count(&clients[0].1), 2);
+    assert_eq!(owned_count(&clients[1].1), 2);
+
+    // Client 2 closes.
+    let mut leave = heartbeat(&clients[1].1, 2, epoch);
+    leave.member_epoch = consumer::LEAVING_STATIC;
+    let r = co
+        .consumer_heartbeat(&leave, &t, 1_000, 0, &mut Effects::default())
+        .unwrap();
+    assert_eq!(r.member_epoch, consumer::LEAVING_STATIC);
+    let mut gone = clients.pop().unwrap().1;
+    gone.restart();
+    // The other member is not given its partitions, and no rebalance starts.
+    assert_eq!(settle(&mut co, &mut clients, &t, 2_000), epoch);
+    assert_eq!(owned_count(&clients[0].1), 2);
+
+    // It restarts with a new member id and the same instance id: it gets
+    // back what it had, in the same group epoch.
+    join_as(&mut co, &mut gone, 2, &t, 3_000);
+    clients.push((2, gone));
+    assert_eq!(settle(&mut co, &mut clients, &t, 3_000), epoch);
+    assert_eq!(clients[1].1.owned, before);
+    assert_eq!(owned_count(&clients[0].1), 2);
+    assert_eq!(co.consumer_group("g").unwrap().members.len(), 2);
+
+    // It leaves for now again and stays away past its session.
+    let mut leave = heartbeat(&clients[1].1, 2, clients[1].1.epoch.unwrap());
+    leave.member_epoch = consumer::LEAVING_STATIC;
+    co.consumer_heartbeat(&leave, &t, 4_000, 0, &mut Effects::default())
+        .unwrap();
+    clients.pop();
+    let session = u64::try_from(co.config.consumer_session_timeout_ms).unwrap();
+    let mut now = 4_000;
+    while now < 4_000 + 2 * session {
+        now += 1_000;
+        // The survivor keeps heartbeating, so only the leaver expires.
+        settle(&mut co, &mut clients, &t, now);
+        if now >= co.next_deadline() {
+            co.tick(now, 0, &t, &mut Effects::default());
+        }
+    }
+    settle(&mut co, &mut clients, &t, now);
+    assert_eq!(owned_count(&clients[0].1), 4, "{:?}", clients[0].1);
+    assert_eq!(co.consumer_group("g").unwrap().members.len(), 1);
+}
+
+/// A temporary leave names the instance it is for.
+#[test]
+fn a_temporary_leave_with_another_instance_id_is_fenced() {
+    let t = topics(2);
+    let mut co = coordinator();
+    let mut c = Client::default();
+    join_as(&mut co, &mut c, 0, &t, 0);
+    let mut leave = heartbeat(&c, 0, c.epoch.unwrap());
+    leave.member_epoch = consumer::LEAVING_STATIC;
+    leave.instance_id = Some("someone-else".into());
+    let e = co
+        .consumer_heartbeat(&leave, &t, 10, 0, &mut Effects::default())
+        .unwrap_err();
+    assert_eq!(e.0, error::FENCED_INSTANCE_ID);
 }

@@ -701,9 +701,6 @@ class Kip848(GroupTest):
         a.close()
         self.assert_no_errors([a])
 
-    # Odradek treats the temporary leave as a permanent one: BROKER-BUGS.md.
-    # Once fixed this reports an unexpected success; drop the mark then.
-    @unittest.expectedFailure
     def test_consumer_protocol_static_member_restarts_without_moving_others(self):
         # A static member's close() is a temporary leave (member epoch -2):
         # the coordinator keeps the member and its partitions for the
