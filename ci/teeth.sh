@@ -8,9 +8,11 @@
 # groups-*.patch break the group coordinator and run the groups workload;
 # the others run the storage workload. Nothing here touches the working tree.
 #
-#   ci/teeth.sh [MAX_SEEDS]     default MAX_SEEDS=20000
+#   ci/teeth.sh [MAX_SEEDS] [PREFIX]   default MAX_SEEDS=20000; PREFIX picks
+#                                      the patches (e.g. groups-)
 set -euo pipefail
 max_seeds=${1:-20000}
+prefix=${2:-}
 chunk=1000
 root=$(git rev-parse --show-toplevel)
 cd "$root"
@@ -25,7 +27,7 @@ baseline_failures() { # workload from to
     sed -n '/^failures, by seed:/,$p' | grep 'FAIL seed=' | sed -E 's/.*FAIL (seed=[0-9]+ ).*/\1/' || true
 }
 printf '%-30s %-12s %-16s %s\n' mutation first-seed caught/in first-violation
-for patch in ci/mutations/*.patch; do
+for patch in ci/mutations/"$prefix"*.patch; do
   name=$(basename "$patch" .patch)
   workload=storage
   case "$name" in
