@@ -6,7 +6,9 @@
 //! (`sim/`). See `docs/ARCHITECTURE.md`.
 
 pub mod buggify;
+pub mod codec;
 pub mod group;
 pub mod io;
 pub mod kafka;
+pub mod metadata;
 pub mod storage;

@@ -15,15 +15,8 @@
 
 use std::collections::BTreeMap;
 
-/// A decoding failure: the record, or the partition, is corrupt.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BadRecord(pub String);
-
-impl std::fmt::Display for BadRecord {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use crate::codec::BadRecord;
+use crate::codec::{Reader as R, Writer as W};
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Key {
@@ -119,134 +112,21 @@ pub enum Value {
     ConsumerMember(ConsumerMemberValue),
 }
 
-struct W(Vec<u8>);
-
-impl W {
-    fn i8(&mut self, v: i8) {
-        self.0.push(v as u8);
-    }
-    fn i16(&mut self, v: i16) {
-        self.0.extend_from_slice(&v.to_be_bytes());
-    }
-    fn i32(&mut self, v: i32) {
-        self.0.extend_from_slice(&v.to_be_bytes());
-    }
-    fn i64(&mut self, v: i64) {
-        self.0.extend_from_slice(&v.to_be_bytes());
-    }
-    fn str(&mut self, s: &str) {
-        self.i16(s.len().min(i16::MAX as usize) as i16);
-        self.0
-            .extend_from_slice(&s.as_bytes()[..s.len().min(i16::MAX as usize)]);
-    }
-    fn opt_str(&mut self, s: Option<&str>) {
-        match s {
-            Some(s) => self.str(s),
-            None => self.i16(-1),
-        }
-    }
-    fn bytes(&mut self, b: &[u8]) {
-        self.i32(b.len() as i32);
-        self.0.extend_from_slice(b);
-    }
-    fn partitions(&mut self, m: &BTreeMap<u128, Vec<i32>>) {
-        self.i32(m.len() as i32);
-        for (id, ps) in m {
-            self.0.extend_from_slice(&id.to_be_bytes());
-            self.i32(ps.len() as i32);
-            for p in ps {
-                self.i32(*p);
-            }
-        }
+fn write_partitions(w: &mut W, m: &BTreeMap<u128, Vec<i32>>) {
+    w.len(m.len());
+    for (id, ps) in m {
+        w.u128(*id);
+        w.i32s(ps);
     }
 }
 
-struct R<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> R<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], BadRecord> {
-        if self.buf.len() - self.pos < n {
-            return Err(BadRecord(format!(
-                "record ends at byte {} but {n} more bytes were expected",
-                self.buf.len()
-            )));
-        }
-        let s = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(s)
+fn read_partitions(r: &mut R) -> Result<BTreeMap<u128, Vec<i32>>, BadRecord> {
+    let mut m = BTreeMap::new();
+    for _ in 0..r.len(20)? {
+        let id = r.u128()?;
+        m.insert(id, r.i32s()?);
     }
-    fn i8(&mut self) -> Result<i8, BadRecord> {
-        Ok(self.take(1)?[0] as i8)
-    }
-    fn i16(&mut self) -> Result<i16, BadRecord> {
-        Ok(i16::from_be_bytes(
-            self.take(2)?.try_into().unwrap_or([0; 2]),
-        ))
-    }
-    fn i32(&mut self) -> Result<i32, BadRecord> {
-        Ok(i32::from_be_bytes(
-            self.take(4)?.try_into().unwrap_or([0; 4]),
-        ))
-    }
-    fn i64(&mut self) -> Result<i64, BadRecord> {
-        Ok(i64::from_be_bytes(
-            self.take(8)?.try_into().unwrap_or([0; 8]),
-        ))
-    }
-    fn u128(&mut self) -> Result<u128, BadRecord> {
-        Ok(u128::from_be_bytes(
-            self.take(16)?.try_into().unwrap_or([0; 16]),
-        ))
-    }
-    fn opt_str(&mut self) -> Result<Option<String>, BadRecord> {
-        let n = self.i16()?;
-        if n < 0 {
-            return Ok(None);
-        }
-        let b = self.take(n as usize)?;
-        String::from_utf8(b.to_vec())
-            .map(Some)
-            .map_err(|_| BadRecord("a string is not UTF-8".into()))
-    }
-    fn str(&mut self) -> Result<String, BadRecord> {
-        self.opt_str()?
-            .ok_or_else(|| BadRecord("a required string is null".into()))
-    }
-    fn bytes(&mut self) -> Result<Vec<u8>, BadRecord> {
-        let n = self.i32()?;
-        if n < 0 {
-            return Ok(Vec::new());
-        }
-        Ok(self.take(n as usize)?.to_vec())
-    }
-    /// An array length, bounded by what is left: every element takes at
-    /// least `min_elem` bytes, so a corrupt length cannot make us allocate.
-    fn len(&mut self, min_elem: usize) -> Result<usize, BadRecord> {
-        let n = self.i32()?;
-        if n < 0 {
-            return Ok(0);
-        }
-        let n = n as usize;
-        if n.saturating_mul(min_elem) > self.buf.len() - self.pos {
-            return Err(BadRecord(format!("array of {n} elements cannot fit")));
-        }
-        Ok(n)
-    }
-    fn partitions(&mut self) -> Result<BTreeMap<u128, Vec<i32>>, BadRecord> {
-        let mut m = BTreeMap::new();
-        for _ in 0..self.len(20)? {
-            let id = self.u128()?;
-            let mut ps = Vec::new();
-            for _ in 0..self.len(4)? {
-                ps.push(self.i32()?);
-            }
-            m.insert(id, ps);
-        }
-        Ok(m)
-    }
+    Ok(m)
 }
 
 pub fn encode_key(k: &Key) -> Vec<u8> {
@@ -282,7 +162,7 @@ pub fn encode_key(k: &Key) -> Vec<u8> {
 /// `Ok(None)` for a key version this broker does not use (Kafka's target
 /// assignment records, say): skipped, as Kafka skips unknown record types.
 pub fn decode_key(b: &[u8]) -> Result<Option<Key>, BadRecord> {
-    let mut r = R { buf: b, pos: 0 };
+    let mut r = R::new(b);
     Ok(Some(match r.i16()? {
         0 | 1 => Key::Offset {
             group: r.str()?,
@@ -355,15 +235,15 @@ pub fn encode_value(v: &Value) -> Vec<u8> {
             w.i32(m.epoch);
             w.i32(m.previous_epoch);
             w.i8(m.state);
-            w.partitions(&m.assigned);
-            w.partitions(&m.revoking);
+            write_partitions(&mut w, &m.assigned);
+            write_partitions(&mut w, &m.revoking);
         }
     }
     w.0
 }
 
 pub fn decode_value(key: &Key, b: &[u8]) -> Result<Value, BadRecord> {
-    let mut r = R { buf: b, pos: 0 };
+    let mut r = R::new(b);
     let version = r.i16()?;
     let bad_version = || BadRecord(format!("unknown value version {version} for {key:?}"));
     Ok(match key {
@@ -459,8 +339,8 @@ pub fn decode_value(key: &Key, b: &[u8]) -> Result<Value, BadRecord> {
                 epoch: r.i32()?,
                 previous_epoch: r.i32()?,
                 state: r.i8()?,
-                assigned: r.partitions()?,
-                revoking: r.partitions()?,
+                assigned: read_partitions(&mut r)?,
+                revoking: read_partitions(&mut r)?,
             })
         }
     })
@@ -470,10 +350,7 @@ pub fn decode_value(key: &Key, b: &[u8]) -> Result<Value, BadRecord> {
 /// (Kafka's ConsumerProtocolSubscription: a version, then the topic names).
 /// `None` if the bytes are not a consumer subscription.
 pub fn subscribed_topics(subscription: &[u8]) -> Option<Vec<String>> {
-    let mut r = R {
-        buf: subscription,
-        pos: 0,
-    };
+    let mut r = R::new(subscription);
     r.i16().ok()?;
     let n = r.len(2).ok()?;
     let mut topics = Vec::with_capacity(n);

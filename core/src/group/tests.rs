@@ -89,7 +89,7 @@ fn member(c: &Client, i: usize) -> String {
 
 /// Even-numbered clients are static members (`group.instance.id`).
 fn instance(i: usize) -> Option<String> {
-    (i % 2 == 0).then(|| format!("instance-{i}"))
+    i.is_multiple_of(2).then(|| format!("instance-{i}"))
 }
 
 fn heartbeat(c: &Client, i: usize, epoch: i32) -> HeartbeatRequest {
