@@ -26,13 +26,12 @@ import json
 import multiprocessing
 import os
 import random
-import signal
 import string
 import struct
-import subprocess
 import sys
-import tempfile
 import time
+
+import odradek_broker
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -70,40 +69,7 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class StartedBroker:
-    def __init__(self, binary):
-        if not os.access(binary, os.X_OK):
-            sys.exit("%s not found: build it (cargo build --release -p odradek) or pass --bootstrap" % binary)
-        self.dir = tempfile.TemporaryDirectory(prefix="odradek-perf-")
-        self.out = open(os.path.join(self.dir.name, "stdout"), "w+")
-        self.err = open(os.path.join(self.dir.name, "stderr"), "w+")
-        self.proc = subprocess.Popen(
-            [binary, "server", "--listeners", "PLAINTEXT://127.0.0.1:0", "--log-dirs", os.path.join(self.dir.name, "data")],
-            stdout=self.out,
-            stderr=self.err,
-            stdin=subprocess.DEVNULL,
-            env=dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn")),
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            self.out.seek(0)
-            for line in self.out.read().splitlines():
-                if line.startswith("listening on: PLAINTEXT://"):
-                    self.bootstrap = line.split("://", 1)[1].strip()
-                    return
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.err.seek(0)
-                sys.exit("the broker did not start:\n" + self.err.read())
-            time.sleep(0.02)
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.dir.cleanup()
+StartedBroker = odradek_broker.StartedBroker
 
 
 # ---- the phases ----
