@@ -9,4 +9,5 @@ pub mod buggify;
 pub mod group;
 pub mod io;
 pub mod kafka;
+pub mod raft;
 pub mod storage;
