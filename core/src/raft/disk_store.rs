@@ -42,7 +42,7 @@ use crate::io::disk::{ancestors, join, parent_dir, read_file, write_file_atomica
 use crate::io::{Disk, DiskError, DiskFile};
 
 use super::codec::{err, get_entry, put_blob, put_entry, put_u32, put_u64, DecodeError, Reader};
-use super::message::MAX_SNAPSHOT_BYTES;
+use super::message::{MAX_SNAPSHOT_BYTES, MAX_VALUE};
 use super::store::{QuorumState, RaftStore, Recovered, StoreError};
 use super::{Entry, Snapshot};
 
@@ -318,8 +318,9 @@ pub(crate) fn scan_log(raw: &[u8]) -> Result<Vec<Entry>, StoreError> {
         let len_bytes: [u8; 4] = [header[0], header[1], header[2], header[3]];
         let hcrc = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
         if crc32c::crc32c(&len_bytes) != hcrc {
-            // A header whose last part never arrived reads as zeros there.
-            if header[RECORD_HEADER - 1] == 0 {
+            // A tear inside the length or its checksum leaves the rest of
+            // the header (the payload checksum at least) reading as zeros.
+            if header[8..].iter().all(|&b| b == 0) {
                 break;
             }
             return corrupt(pos, "header checksum mismatch");
@@ -347,6 +348,9 @@ pub(crate) fn scan_log(raw: &[u8]) -> Result<Vec<Entry>, StoreError> {
             Ok(e) => e,
             Err(e) => return corrupt(pos, &e.0),
         };
+        if entry.offset > MAX_VALUE || entry.epoch > MAX_VALUE {
+            return corrupt(pos, "offset or epoch out of range");
+        }
         if let Some(prev) = entries.last() {
             if entry.offset != prev.offset + 1 || entry.epoch < prev.epoch {
                 return corrupt(pos, "entry does not follow the one before");
@@ -443,6 +447,9 @@ pub(crate) fn decode_quorum_state(bytes: &[u8]) -> Result<QuorumState, DecodeErr
     let has_vote = r.bool()?;
     let v = r.i32()?;
     r.finish()?;
+    if epoch > MAX_VALUE {
+        return err("epoch out of range");
+    }
     Ok(QuorumState {
         epoch,
         voted_for: has_vote.then_some(v),
@@ -464,8 +471,8 @@ pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, DecodeError> {
     let last_epoch = r.u64()?;
     let data = r.blob(MAX_SNAPSHOT_BYTES)?;
     r.finish()?;
-    if last_offset == u64::MAX {
-        return err("snapshot offset out of range");
+    if last_offset > MAX_VALUE || last_epoch > MAX_VALUE {
+        return err("snapshot offset or epoch out of range");
     }
     Ok(Snapshot {
         last_offset,

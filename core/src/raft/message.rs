@@ -69,7 +69,45 @@ pub enum Body {
     },
 }
 
+/// Offsets and epochs are at most this (Kafka's are signed 64- and 32-bit):
+/// arithmetic on values from the network then cannot overflow.
+pub const MAX_VALUE: u64 = i64::MAX as u64;
+
 impl Message {
+    /// Whether every offset and epoch is within [`MAX_VALUE`].
+    pub fn in_range(&self) -> bool {
+        let ok = |v: u64| v <= MAX_VALUE;
+        ok(self.epoch)
+            && match &self.body {
+                Body::PreVote {
+                    last_epoch,
+                    log_end,
+                }
+                | Body::Vote {
+                    last_epoch,
+                    log_end,
+                } => ok(*last_epoch) && ok(*log_end),
+                Body::PreVoteResponse { .. } | Body::VoteResponse { .. } => true,
+                Body::Append {
+                    start_offset,
+                    prev_epoch,
+                    entries,
+                    high_watermark,
+                } => {
+                    ok(*start_offset)
+                        && ok(*prev_epoch)
+                        && ok(*high_watermark)
+                        && entries.iter().all(|e| ok(e.offset) && ok(e.epoch))
+                }
+                Body::AppendResponse { end, .. } | Body::InstallSnapshotResponse { end } => {
+                    ok(*end)
+                }
+                Body::InstallSnapshot { snapshot } => {
+                    ok(snapshot.last_offset) && ok(snapshot.last_epoch)
+                }
+            }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(32);
         out.push(VERSION);
@@ -179,9 +217,6 @@ impl Message {
                 let last_offset = r.u64()?;
                 let last_epoch = r.u64()?;
                 let data = r.blob(MAX_SNAPSHOT_BYTES)?;
-                if last_offset == u64::MAX {
-                    return err("snapshot offset out of range");
-                }
                 Body::InstallSnapshot {
                     snapshot: Snapshot {
                         last_offset,
@@ -194,6 +229,10 @@ impl Message {
             t => return err(format!("unknown message type {t}")),
         };
         r.finish()?;
-        Ok(Message { epoch, body })
+        let m = Message { epoch, body };
+        if !m.in_range() {
+            return err("offset or epoch out of range");
+        }
+        Ok(m)
     }
 }

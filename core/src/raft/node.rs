@@ -793,6 +793,11 @@ impl<S: RaftStore> Raft<S> {
         if from == self.config.node_id || !self.config.voters.contains(&from) {
             return Ok(Stepped::Ignored(Ignored::NotVoter));
         }
+        if !msg.in_range() {
+            return Ok(Stepped::Ignored(Ignored::Invalid(
+                "offset or epoch out of range",
+            )));
+        }
         let Message { epoch, body } = msg;
         // Pre-votes never change the receiver's epoch: that is their point.
         if let Body::PreVote {
@@ -1121,7 +1126,7 @@ impl<S: RaftStore> Raft<S> {
         from: NodeId,
         snapshot: Snapshot,
     ) -> Result<Stepped, StoreError> {
-        if snapshot.last_epoch > self.quorum.epoch || snapshot.last_offset == u64::MAX {
+        if snapshot.last_epoch > self.quorum.epoch {
             return Ok(Stepped::Ignored(Ignored::Invalid(
                 "snapshot ahead of epoch",
             )));
