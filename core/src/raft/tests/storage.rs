@@ -14,6 +14,9 @@ use crate::raft::{
 };
 
 const DIR: &str = "meta/raft";
+
+/// A named way of damaging a log file's bytes.
+type Damage = (&'static str, Box<dyn Fn(&mut Vec<u8>)>);
 const LOG: &str = "meta/raft/log";
 
 fn entries(from: u64, to: u64, epoch: u64) -> Vec<Entry> {
@@ -104,7 +107,7 @@ fn a_torn_tail_is_cut_in_every_shape_a_crash_leaves() {
     let pristine = log_bytes(&disk_with(n));
     let starts = record_starts(&pristine);
     let last = *starts.last().unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
+    let cases: Vec<Damage> = vec![
         (
             "cut inside the last record",
             Box::new(move |b| b.truncate(last + 20)),
@@ -179,7 +182,7 @@ fn damage_a_crash_cannot_explain_is_an_error() {
     let pristine = log_bytes(&disk_with(n));
     let starts = record_starts(&pristine);
     let mid = starts[3];
-    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
+    let cases: Vec<Damage> = vec![
         (
             "flipped payload bit",
             Box::new(move |b| b[mid + 14] ^= 0x10),
