@@ -11,4 +11,5 @@ pub mod group;
 pub mod io;
 pub mod kafka;
 pub mod metadata;
+pub mod raft;
 pub mod storage;

@@ -1,0 +1,4 @@
+mod codec;
+mod harness;
+mod scenarios;
+mod storage;
