@@ -31,7 +31,7 @@ impl fmt::Debug for Address {
 
 /// A message in flight. The payload is opaque bytes: Kafka wire frames
 /// between clients and brokers, and the inter-node protocols' own encodings.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Envelope {
     pub from: Address,
     pub to: Address,

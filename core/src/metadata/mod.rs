@@ -8,8 +8,11 @@
 
 pub mod controller;
 pub mod image;
+pub mod quorum;
 pub mod records;
 
+#[cfg(test)]
+mod quorum_tests;
 #[cfg(test)]
 mod tests;
 

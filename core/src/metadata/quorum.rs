@@ -1,0 +1,309 @@
+//! A metadata quorum member: Raft, the metadata image it applies, and the
+//! controller while it leads. The simulator and the server drive this one
+//! struct; neither knows how the three fit together.
+//!
+//! * Committed entries are decoded and applied to the image in order; a
+//!   restore replaces the image with a snapshot's.
+//! * The controller exists only on the leader, and only once an entry of
+//!   the leader's own epoch has been applied: every entry of earlier epochs
+//!   is then in the image (Raft's leader completeness), so it decides from
+//!   the whole committed history. Losing leadership drops it, and every
+//!   proposal still waiting fails with NOT_CONTROLLER: its outcome is
+//!   unknown, as for any request whose answer was lost, and clients retry.
+//! * After `snapshot_every` applied entries the image is written as a
+//!   snapshot and the log before it is dropped (KIP-630).
+
+use std::collections::BTreeMap;
+
+use rand_core::RngCore;
+
+use super::controller::{Controller, ControllerConfig};
+use super::image::MetadataImage;
+use super::records::{decode_batch, encode_batch, MetadataRecord};
+use crate::io::{Address, Envelope, Instant, NodeId};
+use crate::raft::{self, Apply, EntryKind, ProposeError, Raft, RaftError, RaftStore};
+
+/// Kafka's NOT_CONTROLLER: the request went to a node that is not (or no
+/// longer) the active controller.
+pub const NOT_CONTROLLER: i16 = 41;
+
+/// The first byte of every node-to-node payload says which protocol it
+/// belongs to, so later protocols share the connection.
+pub const CHANNEL_RAFT: u8 = 0;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct QuorumConfig {
+    pub raft: raft::Config,
+    pub controller: ControllerConfig,
+    /// Applied entries between snapshots.
+    pub snapshot_every: u64,
+}
+
+/// What became of a proposal.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Committed and applied at this offset.
+    Committed(u64),
+    /// Committed but refused by the image (it no longer fitted).
+    Refused(String),
+    /// Leadership was lost first; it may or may not commit.
+    NotController,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct QuorumNode<S: RaftStore, W> {
+    pub config: QuorumConfig,
+    raft: Raft<S>,
+    image: MetadataImage,
+    controller: Option<Controller>,
+    /// Proposals waiting for their entry to be applied: offset → the epoch
+    /// they were proposed in, and who waits.
+    pending: BTreeMap<u64, (u64, Option<W>)>,
+    done: Vec<(W, Outcome)>,
+    /// Epoch of the last applied entry.
+    applied_epoch: u64,
+    since_snapshot: u64,
+    outbox: Vec<Envelope>,
+}
+
+impl<S: RaftStore, W> QuorumNode<S, W> {
+    pub fn new<R: RngCore>(
+        store: S,
+        config: QuorumConfig,
+        now: Instant,
+        rng: &mut R,
+    ) -> Result<Self, RaftError> {
+        let raft = Raft::new(store, config.raft.clone(), now, rng)?;
+        let mut node = QuorumNode {
+            config,
+            raft,
+            image: MetadataImage::new(),
+            controller: None,
+            pending: BTreeMap::new(),
+            done: Vec::new(),
+            applied_epoch: 0,
+            since_snapshot: 0,
+            outbox: Vec::new(),
+        };
+        node.drain(now)?;
+        Ok(node)
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.raft.node_id()
+    }
+
+    pub fn raft(&self) -> &Raft<S> {
+        &self.raft
+    }
+
+    pub fn image(&self) -> &MetadataImage {
+        &self.image
+    }
+
+    /// The active controller, if this node is it.
+    pub fn controller(&self) -> Option<&Controller> {
+        self.controller.as_ref()
+    }
+
+    pub fn controller_mut(&mut self) -> Option<&mut Controller> {
+        self.controller.as_mut()
+    }
+
+    /// The node this one believes leads the quorum.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.leader()
+    }
+
+    pub fn next_deadline(&self) -> Instant {
+        let raft = self.raft.next_deadline();
+        match self.controller.as_ref().and_then(Controller::next_deadline) {
+            Some(ms) => raft.min(Instant::from_millis(ms)),
+            None => raft,
+        }
+    }
+
+    /// A payload from node `from` on the Raft channel.
+    pub fn step<R: RngCore>(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        payload: &[u8],
+        rng: &mut R,
+    ) -> Result<(), RaftError> {
+        if let Some((&CHANNEL_RAFT, msg)) = payload.split_first() {
+            self.raft.step_bytes(now, from, msg, rng)?;
+        }
+        self.drain(now)
+    }
+
+    /// Lets time pass: Raft's timers, and the controller fencing brokers
+    /// whose session ran out.
+    pub fn tick<R: RngCore>(&mut self, now: Instant, rng: &mut R) -> Result<(), RaftError> {
+        self.raft.tick(now, rng)?;
+        self.drain(now)?;
+        let fences = match self.controller.as_mut() {
+            Some(c) => c.tick(now.as_millis()),
+            None => Vec::new(),
+        };
+        if !fences.is_empty() {
+            // Not proposed (leadership just went) means the next
+            // controller fences them after a full session of its own.
+            let _ = self.submit(now, fences, None);
+        }
+        Ok(())
+    }
+
+    /// Proposes a controller batch; `waiter` hears the outcome through
+    /// [`QuorumNode::take_done`]. Refused at once if this node is not the
+    /// active controller (the leader it knows of is returned).
+    pub fn propose(
+        &mut self,
+        now: Instant,
+        batch: Vec<MetadataRecord>,
+        waiter: W,
+    ) -> Result<u64, (i16, Option<NodeId>)> {
+        self.submit(now, batch, Some(waiter))
+    }
+
+    fn submit(
+        &mut self,
+        now: Instant,
+        batch: Vec<MetadataRecord>,
+        waiter: Option<W>,
+    ) -> Result<u64, (i16, Option<NodeId>)> {
+        let Some(controller) = self.controller.as_mut() else {
+            return Err((NOT_CONTROLLER, self.raft.leader()));
+        };
+        match self.raft.propose(encode_batch(&batch)) {
+            Ok(offset) => {
+                controller.proposed(offset as i64, &batch);
+                self.pending.insert(offset, (self.raft.epoch(), waiter));
+                // A single voter commits at once.
+                if self.drain(now).is_err() {
+                    return Err((NOT_CONTROLLER, None));
+                }
+                Ok(offset)
+            }
+            Err(ProposeError::NotLeader { leader }) => Err((NOT_CONTROLLER, leader)),
+            Err(_) => Err((NOT_CONTROLLER, None)),
+        }
+    }
+
+    /// Outcomes of proposals since the last call.
+    pub fn take_done(&mut self) -> Vec<(W, Outcome)> {
+        std::mem::take(&mut self.done)
+    }
+
+    /// Messages for other nodes since the last call.
+    pub fn take_messages(&mut self) -> Vec<Envelope> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// Applies what Raft committed, queues its messages, starts or stops
+    /// the controller, and snapshots when due.
+    fn drain(&mut self, now: Instant) -> Result<(), RaftError> {
+        let ready = self.raft.take_ready();
+        let me = self.raft.node_id();
+        for m in ready.messages {
+            let mut payload = vec![CHANNEL_RAFT];
+            payload.extend(m.msg.encode());
+            self.outbox.push(Envelope {
+                from: Address::Node(me),
+                to: Address::Node(m.to),
+                payload,
+            });
+        }
+        for a in ready.apply {
+            match a {
+                Apply::Restore(s) => {
+                    // A snapshot this node wrote or was sent: it decodes,
+                    // or the store is corrupt.
+                    self.image = MetadataImage::decode_snapshot(&s.data).map_err(|e| {
+                        RaftError::Store(raft::StoreError::Corrupt(format!(
+                            "metadata snapshot at {}: {e}",
+                            s.last_offset
+                        )))
+                    })?;
+                    self.applied_epoch = s.last_epoch;
+                    self.since_snapshot = 0;
+                    // Anything waiting at or below it is settled elsewhere.
+                    let settled: Vec<u64> = self
+                        .pending
+                        .range(..=s.last_offset)
+                        .map(|(o, _)| *o)
+                        .collect();
+                    for o in settled {
+                        if let Some((_, Some(w))) = self.pending.remove(&o) {
+                            self.done.push((w, Outcome::NotController));
+                        }
+                    }
+                }
+                Apply::Entry(e) => {
+                    let offset = e.offset as i64;
+                    let result = match e.kind {
+                        EntryKind::LeaderChange => {
+                            self.image.skip(offset);
+                            Ok(())
+                        }
+                        EntryKind::Data => match decode_batch(&e.data) {
+                            Ok(batch) => {
+                                let r = self.image.apply(offset, &batch);
+                                if r.is_err() {
+                                    self.image.skip(offset);
+                                }
+                                r
+                            }
+                            Err(err) => {
+                                self.image.skip(offset);
+                                Err(format!("undecodable batch: {err}"))
+                            }
+                        },
+                    };
+                    self.applied_epoch = e.epoch;
+                    self.since_snapshot += 1;
+                    if let Some((epoch, Some(w))) = self.pending.remove(&e.offset) {
+                        let outcome = if epoch != e.epoch {
+                            Outcome::NotController
+                        } else {
+                            match result {
+                                Ok(()) => Outcome::Committed(e.offset),
+                                Err(m) => Outcome::Refused(m),
+                            }
+                        };
+                        self.done.push((w, outcome));
+                    }
+                }
+            }
+        }
+        self.follow_leadership(now);
+        if self.since_snapshot >= self.config.snapshot_every.max(1) && self.image.offset >= 0 {
+            let at = self.image.offset as u64;
+            if self.raft.compact(at, self.image.encode_snapshot()).is_ok() {
+                self.since_snapshot = 0;
+            }
+        }
+        Ok(())
+    }
+
+    fn follow_leadership(&mut self, now: Instant) {
+        let leading = self.raft.is_leader();
+        if !leading {
+            if self.controller.take().is_some() || !self.pending.is_empty() {
+                for (_, (_, w)) in std::mem::take(&mut self.pending) {
+                    if let Some(w) = w {
+                        self.done.push((w, Outcome::NotController));
+                    }
+                }
+            }
+            return;
+        }
+        if self.controller.is_none() && self.applied_epoch == self.raft.epoch() {
+            self.controller = Some(Controller::new(
+                self.config.controller.clone(),
+                self.image.clone(),
+                now.as_millis(),
+            ));
+        }
+    }
+}
