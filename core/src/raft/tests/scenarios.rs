@@ -585,3 +585,12 @@ impl SeedU64 for rand_chacha::ChaCha8Rng {
         <Self as rand_core::SeedableRng>::seed_from_u64(seed)
     }
 }
+
+/// A model checker keeps whole nodes in its states.
+#[test]
+fn a_node_on_a_mem_store_is_a_value() {
+    fn value<T: Clone + std::fmt::Debug + Eq + std::hash::Hash>() {}
+    value::<Raft<MemStore>>();
+    value::<crate::raft::Message>();
+    value::<crate::raft::Ready>();
+}
