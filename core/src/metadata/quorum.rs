@@ -61,7 +61,7 @@ struct RpcWaiter {
     correlation: u64,
     kind: RpcKind,
     /// Per item: `Some` if refused before proposing.
-    items: Vec<Option<(i16, String)>>,
+    items: Vec<Option<Refusal>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -327,76 +327,76 @@ impl<S: RaftStore, W> QuorumNode<S, W> {
         };
         let now_ms = now.as_millis();
         let refused = |e: Refusal| Some((e.0, e.1));
-        let (batch, kind, items): (Vec<MetadataRecord>, RpcKind, Vec<Option<(i16, String)>>) =
-            match &req {
-                Request::Register(r) => match c.register(r, now_ms) {
-                    Ok(b) => (b, RpcKind::Register(r.id), vec![]),
-                    Err(e) => return self.reply(from, correlation, &Response::failed(&req, e)),
-                },
-                Request::Heartbeat(h) => match c.heartbeat(h, now_ms) {
-                    Ok((b, _)) => (b, RpcKind::Heartbeat(h.id), vec![]),
-                    Err(e) => return self.reply(from, correlation, &Response::failed(&req, e)),
-                },
-                Request::CreateTopics(ts) => {
-                    let mut batch = Vec::new();
-                    let mut items = Vec::new();
-                    let mut seen = std::collections::BTreeSet::new();
-                    for t in ts {
-                        if !seen.insert(t.name.as_str()) {
-                            items.push(Some((
-                                INVALID_REQUEST,
-                                format!("Topic {} is listed more than once.", t.name),
-                            )));
-                            continue;
-                        }
-                        match c.create_topic(t, rng) {
-                            Ok(b) => {
-                                batch.extend(b);
-                                items.push(None);
-                            }
-                            Err(e) => items.push(refused(e)),
-                        }
+        let (batch, kind, items): (Vec<MetadataRecord>, RpcKind, Vec<Option<Refusal>>) = match &req
+        {
+            Request::Register(r) => match c.register(r, now_ms) {
+                Ok(b) => (b, RpcKind::Register(r.id), vec![]),
+                Err(e) => return self.reply(from, correlation, &Response::failed(&req, e)),
+            },
+            Request::Heartbeat(h) => match c.heartbeat(h, now_ms) {
+                Ok((b, _)) => (b, RpcKind::Heartbeat(h.id), vec![]),
+                Err(e) => return self.reply(from, correlation, &Response::failed(&req, e)),
+            },
+            Request::CreateTopics(ts) => {
+                let mut batch = Vec::new();
+                let mut items = Vec::new();
+                let mut seen = std::collections::BTreeSet::new();
+                for t in ts {
+                    if !seen.insert(t.name.as_str()) {
+                        items.push(Some((
+                            INVALID_REQUEST,
+                            format!("Topic {} is listed more than once.", t.name),
+                        )));
+                        continue;
                     }
-                    (batch, RpcKind::Items, items)
-                }
-                Request::DeleteTopics(names) => {
-                    let mut batch = Vec::new();
-                    let mut items = Vec::new();
-                    let mut seen = std::collections::BTreeSet::new();
-                    for n in names {
-                        match c.delete_topic(n) {
-                            Ok(b) if seen.insert(n.as_str()) => {
-                                batch.extend(b);
-                                items.push(None);
-                            }
-                            Ok(_) => items.push(Some((
-                                INVALID_REQUEST,
-                                format!("Topic {n} is listed more than once."),
-                            ))),
-                            Err(e) => items.push(refused(e)),
+                    match c.create_topic(t, rng) {
+                        Ok(b) => {
+                            batch.extend(b);
+                            items.push(None);
                         }
+                        Err(e) => items.push(refused(e)),
                     }
-                    (batch, RpcKind::Items, items)
                 }
-                Request::CreatePartitions {
-                    topic,
-                    count,
-                    assignments,
-                } => match c.create_partitions(topic, *count, assignments.as_deref(), rng) {
+                (batch, RpcKind::Items, items)
+            }
+            Request::DeleteTopics(names) => {
+                let mut batch = Vec::new();
+                let mut items = Vec::new();
+                let mut seen = std::collections::BTreeSet::new();
+                for n in names {
+                    match c.delete_topic(n) {
+                        Ok(b) if seen.insert(n.as_str()) => {
+                            batch.extend(b);
+                            items.push(None);
+                        }
+                        Ok(_) => items.push(Some((
+                            INVALID_REQUEST,
+                            format!("Topic {n} is listed more than once."),
+                        ))),
+                        Err(e) => items.push(refused(e)),
+                    }
+                }
+                (batch, RpcKind::Items, items)
+            }
+            Request::CreatePartitions {
+                topic,
+                count,
+                assignments,
+            } => match c.create_partitions(topic, *count, assignments.as_deref(), rng) {
+                Ok(b) => (b, RpcKind::Items, vec![None]),
+                Err(e) => (vec![], RpcKind::Items, vec![refused(e)]),
+            },
+            Request::AlterConfigs { resource, changes } => {
+                match c.alter_configs(resource, changes) {
                     Ok(b) => (b, RpcKind::Items, vec![None]),
                     Err(e) => (vec![], RpcKind::Items, vec![refused(e)]),
-                },
-                Request::AlterConfigs { resource, changes } => {
-                    match c.alter_configs(resource, changes) {
-                        Ok(b) => (b, RpcKind::Items, vec![None]),
-                        Err(e) => (vec![], RpcKind::Items, vec![refused(e)]),
-                    }
                 }
-                Request::AllocateProducerIds { broker } => {
-                    let (b, first) = c.allocate_producer_ids(*broker);
-                    (b, RpcKind::ProducerIds(first), vec![])
-                }
-            };
+            }
+            Request::AllocateProducerIds { broker } => {
+                let (b, first) = c.allocate_producer_ids(*broker);
+                (b, RpcKind::ProducerIds(first), vec![])
+            }
+        };
         let rw = RpcWaiter {
             to: from,
             correlation,

@@ -414,7 +414,7 @@ fn brokers_reach_the_controller_through_any_node() {
 
 #[test]
 fn controller_frames_round_trip_and_refuse_corruption() {
-    let reqs = vec![
+    let reqs = [
         rpc::Request::Register(Registration {
             id: 1,
             cluster_id: "c".into(),
