@@ -14,7 +14,9 @@
 use std::collections::BTreeMap;
 
 use super::controller::{Heartbeat, NewTopic, Registration};
-use super::records::{ConfigResource, Endpoint};
+use super::records::{
+    read_endpoints, read_resource, write_endpoints, write_resource, ConfigResource,
+};
 use crate::codec::{BadRecord, Reader, Writer};
 
 pub const CHANNEL_CONTROLLER: u8 = 1;
@@ -126,12 +128,7 @@ pub fn encode_request(correlation: u64, req: &Request) -> Vec<u8> {
             w.i32(r.id);
             w.str(&r.cluster_id);
             w.u128(r.incarnation);
-            w.len(r.endpoints.len());
-            for e in &r.endpoints {
-                w.str(&e.name);
-                w.str(&e.host);
-                w.i32(i32::from(e.port));
-            }
+            write_endpoints(&mut w, &r.endpoints);
             w.opt_str(r.rack.as_deref());
         }
         Request::Heartbeat(h) => {
@@ -188,17 +185,7 @@ pub fn encode_request(correlation: u64, req: &Request) -> Vec<u8> {
         }
         Request::AlterConfigs { resource, changes } => {
             w.i8(6);
-            match resource {
-                ConfigResource::Cluster => w.i8(0),
-                ConfigResource::Broker(id) => {
-                    w.i8(1);
-                    w.i32(*id);
-                }
-                ConfigResource::Topic(t) => {
-                    w.i8(2);
-                    w.str(t);
-                }
-            }
+            write_resource(&mut w, resource);
             w.len(changes.len());
             for (k, v) in changes {
                 w.str(k);
@@ -283,14 +270,7 @@ fn read_request(r: &mut Reader) -> Result<Request, BadRecord> {
             let id = r.i32()?;
             let cluster_id = r.str()?;
             let incarnation = r.u128()?;
-            let mut endpoints = Vec::new();
-            for _ in 0..r.len(8)? {
-                let name = r.str()?;
-                let host = r.str()?;
-                let port = u16::try_from(r.i32()?)
-                    .map_err(|_| BadRecord("an endpoint's port is out of range".into()))?;
-                endpoints.push(Endpoint { name, host, port });
-            }
+            let endpoints = read_endpoints(r)?;
             Request::Register(Registration {
                 id,
                 cluster_id,
@@ -351,12 +331,7 @@ fn read_request(r: &mut Reader) -> Result<Request, BadRecord> {
             }
         }
         6 => {
-            let resource = match r.i8()? {
-                0 => ConfigResource::Cluster,
-                1 => ConfigResource::Broker(r.i32()?),
-                2 => ConfigResource::Topic(r.str()?),
-                t => return Err(BadRecord(format!("unknown config resource type {t}"))),
-            };
+            let resource = read_resource(r)?;
             let mut changes = Vec::new();
             for _ in 0..r.len(4)? {
                 let k = r.str()?;
