@@ -2321,6 +2321,13 @@ impl Wire for Run {
     }
 
     fn request_lost(&mut self, c: usize, req: &Req) {
+        // Leaving is what a closing consumer does on its way out: whether
+        // or not the coordinator heard it, the member is gone (it had
+        // already given its partitions up).
+        if matches!(req, Req::Leave { .. } | Req::ConsumerHeartbeat { epoch: -1, .. }) {
+            trace!(self, "c{c}: its leave went unanswered; it is gone");
+            return self.left(c);
+        }
         // A sloppy client that does not know whether its JoinGroup went
         // through acts once more in the generation it had.
         if let Req::Join { .. } = req {
