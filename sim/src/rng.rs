@@ -15,6 +15,8 @@ pub enum Stream {
     Network = 6,
     /// A broker's incarnation at each start: `stream(seed ^ restart, ..)`.
     Incarnation = 7,
+    /// The groups workload's members' network and timing faults.
+    Members = 8,
 }
 
 pub fn stream(seed: u64, which: Stream) -> ChaCha8Rng {
