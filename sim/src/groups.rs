@@ -63,7 +63,10 @@
 //! timeout is below its session timeout), and in some runs one now and
 //! then is held up in the network for longer than that: the member gives
 //! up, reconnects and goes on — often rejoins in a later generation —
-//! and the old request reaches the coordinator afterwards, stale.
+//! and the old request reaches the coordinator afterwards, stale. In runs
+//! with power losses, up to two more are timed to fall right after a
+//! commit's answer left the broker, before anything else happens: an
+//! answer released before its record was synced is then lost with it.
 
 use crate::disk::SimDisk;
 use crate::net::SimNetwork;
@@ -480,6 +483,9 @@ enum Ev {
     MemberResume(usize, u64),
     FinalPowerLoss,
     FinalDeadline,
+    /// A power loss timed to fall right after a group reply left the
+    /// broker.
+    PowerLoss,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -510,6 +516,7 @@ struct Stats {
     resets: u64,
     timeouts: u64,
     stalls: u64,
+    timed_power_losses: u64,
 }
 
 struct Run {
@@ -524,10 +531,13 @@ struct Run {
     stable_at: Option<u64>,
     storage_errors: u64,
     quiet_restarts: u64,
-    /// The members' network faults, drawn from their own stream: how
-    /// often a commit or heartbeat is held up in the network.
+    /// The members' network and timing faults, drawn from their own
+    /// stream: how often a commit or heartbeat is held up in the network,
+    /// and how many power losses may still be timed to follow a commit's
+    /// answer.
     faults_rng: rand_chacha::ChaCha8Rng,
     stall_rate: f64,
+    timed_crashes: u32,
     // ---- the checker ----
     // Sends, the broker's reads and its emissions are ordered by
     // `Host::tick`: everything the checker compares.
@@ -655,6 +665,10 @@ pub fn run(opts: &RunOptions) -> RunReport {
     } else {
         0.0
     };
+    let timed_crashes = match swarm.crash_every_ms {
+        Some(_) => faults_rng.between(0, 2) as u32,
+        None => 0,
+    };
     let mut run = Run {
         h,
         groups,
@@ -669,6 +683,7 @@ pub fn run(opts: &RunOptions) -> RunReport {
         quiet_restarts: 0,
         faults_rng,
         stall_rate,
+        timed_crashes,
         commits: Vec::new(),
         commits_of: BTreeMap::new(),
         synced: BTreeMap::new(),
@@ -770,7 +785,7 @@ impl Run {
             .collect();
         trace!(
             self,
-            "seed {} topic {TOPIC} partitions={} groups=[{}] members=[{}] group_config={:?} offsets_partitions={} member_crash_every={:?} member_pause_every={:?} stall_rate={} swarm[{}] net[loss={:.4} delay_us={:?}] stable_bound_ms={}",
+            "seed {} topic {TOPIC} partitions={} groups=[{}] members=[{}] group_config={:?} offsets_partitions={} member_crash_every={:?} member_pause_every={:?} stall_rate={} timed_crashes={} swarm[{}] net[loss={:.4} delay_us={:?}] stable_bound_ms={}",
             self.h.seed,
             self.partitions,
             groups.join(" "),
@@ -780,6 +795,7 @@ impl Run {
             crash_every,
             pause_every,
             self.stall_rate,
+            self.timed_crashes,
             "see broker",
             self.h.net_faults.loss,
             self.h.net_faults.delay_us,
@@ -912,6 +928,7 @@ impl Run {
                     self.stats.commits_acked += 1;
                     let sent = self.commits[*first].sent;
                     self.check_commit(*g, member, *gen, sent, out.read);
+                    self.maybe_timed_crash();
                 } else {
                     self.stats.commits_rejected += 1;
                     let code = codes.iter().copied().find(|&c| c != code::NONE);
@@ -2194,6 +2211,33 @@ impl Run {
         self.wake(c, MS / 10);
     }
 
+    /// Perhaps a power loss right after a commit's answer left the broker,
+    /// before anything else happens: a reply released before its record
+    /// was synced is lost with it.
+    fn maybe_timed_crash(&mut self) {
+        if self.timed_crashes == 0
+            || self.phase != Phase::Safety
+            || !self.h.faults_on
+            || !self.faults_rng.chance(0.1)
+        {
+            return;
+        }
+        self.timed_crashes -= 1;
+        let now = self.h.now;
+        self.h.at(now, Ev::PowerLoss);
+    }
+
+    fn timed_power_loss(&mut self) {
+        if self.h.broker.is_none() || !self.h.faults_on {
+            return;
+        }
+        trace!(self, "power loss, timed to follow a commit's answer");
+        self.stats.timed_power_losses += 1;
+        self.h.stop_broker(true);
+        let at = self.h.now + self.faults_rng.between(10, 300) * MS;
+        self.h.schedule_at(at, Event::Restart);
+    }
+
     // ---- the phases ---------------------------------------------------------
 
     fn end_safety(&mut self) {
@@ -2357,6 +2401,7 @@ impl Wire for Run {
             Ev::MemberPause(c, ms) => self.member_pause(c, ms),
             Ev::MemberResume(c, life) => self.member_resume(c, life),
             Ev::FinalPowerLoss => self.final_power_loss(),
+            Ev::PowerLoss => self.timed_power_loss(),
             Ev::FinalDeadline => {
                 if self.phase == Phase::FinalRead {
                     let f = self.clients.last().map(|c| c.net.last_error.clone());
