@@ -321,6 +321,10 @@ impl<S: RaftStore, W> QuorumNode<S, W> {
         req: Request,
         rng: &mut R,
     ) {
+        if let Request::FetchMetadata { after } = req {
+            let resp = self.metadata_since(after);
+            return self.reply(from, correlation, &resp);
+        }
         let Some(c) = self.controller.as_mut() else {
             let leader = self.raft.leader();
             return self.reply(from, correlation, &Response::NotController(leader));
@@ -396,6 +400,10 @@ impl<S: RaftStore, W> QuorumNode<S, W> {
                 let (b, first) = c.allocate_producer_ids(*broker);
                 (b, RpcKind::ProducerIds(first), vec![])
             }
+            Request::FetchMetadata { after } => {
+                let resp = self.metadata_since(*after);
+                return self.reply(from, correlation, &resp);
+            }
         };
         let rw = RpcWaiter {
             to: from,
@@ -411,6 +419,46 @@ impl<S: RaftStore, W> QuorumNode<S, W> {
         if let Err((code, _)) = self.submit(now, batch, Waiter::Rpc(Box::new(rw))) {
             let resp = Response::failed(&req, (code, "not the controller".into()));
             self.reply(from, correlation, &resp);
+        }
+    }
+
+    /// What a following broker at offset `after` needs next: the applied
+    /// (so committed) entries after it, a bounded run at a time, or this
+    /// node's image when they were compacted away. A follower ahead of
+    /// this node (it talked to a voter further along) gets nothing, so its
+    /// image never goes back.
+    fn metadata_since(&self, after: i64) -> Response {
+        const MAX_ENTRIES: usize = 500;
+        const MAX_BYTES: usize = 1 << 20;
+        let leader = self.raft.leader();
+        let applied = self.image.offset;
+        let first = after.saturating_add(1);
+        if first <= applied && first < self.raft.log_start_offset() as i64 {
+            return Response::Metadata {
+                leader,
+                update: rpc::MetadataUpdate::Snapshot(self.image.encode_snapshot()),
+            };
+        }
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        let mut at = first.max(0);
+        while at <= applied && entries.len() < MAX_ENTRIES && bytes < MAX_BYTES {
+            let Some(e) = self.raft.entry(at as u64) else {
+                break;
+            };
+            let batch = match e.kind {
+                EntryKind::Data => {
+                    bytes += e.data.len();
+                    Some(e.data.clone())
+                }
+                EntryKind::LeaderChange => None,
+            };
+            entries.push((at, batch));
+            at += 1;
+        }
+        Response::Metadata {
+            leader,
+            update: rpc::MetadataUpdate::Entries(entries),
         }
     }
 

@@ -41,6 +41,25 @@ pub enum Request {
     AllocateProducerIds {
         broker: i32,
     },
+    /// A broker without a Raft log of its own follows the committed
+    /// metadata log through this: the committed entries after offset
+    /// `after`, or the whole image when the serving voter no longer has
+    /// them. Any voter serves it, not only the controller.
+    FetchMetadata {
+        after: i64,
+    },
+}
+
+/// What a voter sends a broker that follows the metadata log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetadataUpdate {
+    /// Committed entries in offset order, each its offset and its batch
+    /// (`None` for an entry that carries no batch, such as a leader's
+    /// no-op: the follower's image moves past it).
+    Entries(Vec<(i64, Option<Vec<u8>>)>),
+    /// An image (`MetadataImage::encode_snapshot`): the entries the
+    /// follower needs were compacted away.
+    Snapshot(Vec<u8>),
 }
 
 /// An error code and message, per item where the request has items.
@@ -64,6 +83,12 @@ pub enum Response {
         status: Status,
         first: i64,
         count: i64,
+    },
+    /// The answer to [`Request::FetchMetadata`], with the quorum leader
+    /// the serving voter knows of (brokers report it as the controller).
+    Metadata {
+        leader: Option<i32>,
+        update: MetadataUpdate,
     },
 }
 
@@ -89,6 +114,10 @@ impl Response {
                 status,
                 first: -1,
                 count: 0,
+            },
+            Request::FetchMetadata { .. } => Response::Metadata {
+                leader: None,
+                update: MetadataUpdate::Entries(Vec::new()),
             },
         }
     }
@@ -196,6 +225,10 @@ pub fn encode_request(correlation: u64, req: &Request) -> Vec<u8> {
             w.i8(7);
             w.i32(*broker);
         }
+        Request::FetchMetadata { after } => {
+            w.i8(8);
+            w.i64(*after);
+        }
     }
     w.into_bytes()
 }
@@ -236,6 +269,30 @@ pub fn encode_response(correlation: u64, resp: &Response) -> Vec<u8> {
             write_status(&mut w, status);
             w.i64(*first);
             w.i64(*count);
+        }
+        Response::Metadata { leader, update } => {
+            w.i8(6);
+            write_opt_i32s(&mut w, &leader.map(|l| vec![l]));
+            match update {
+                MetadataUpdate::Entries(es) => {
+                    w.i8(1);
+                    w.len(es.len());
+                    for (offset, batch) in es {
+                        w.i64(*offset);
+                        match batch {
+                            Some(b) => {
+                                w.bool(true);
+                                w.bytes(b);
+                            }
+                            None => w.bool(false),
+                        }
+                    }
+                }
+                MetadataUpdate::Snapshot(b) => {
+                    w.i8(2);
+                    w.bytes(b);
+                }
+            }
         }
     }
     w.into_bytes()
@@ -340,6 +397,7 @@ fn read_request(r: &mut Reader) -> Result<Request, BadRecord> {
             Request::AlterConfigs { resource, changes }
         }
         7 => Request::AllocateProducerIds { broker: r.i32()? },
+        8 => Request::FetchMetadata { after: r.i64()? },
         t => return Err(BadRecord(format!("unknown controller request {t}"))),
     })
 }
@@ -367,6 +425,27 @@ fn read_response(r: &mut Reader) -> Result<Response, BadRecord> {
             first: r.i64()?,
             count: r.i64()?,
         },
+        6 => {
+            let l = if r.bool()? { r.i32s()? } else { Vec::new() };
+            let update = match r.i8()? {
+                1 => {
+                    let n = r.len(9)?;
+                    let mut es = Vec::new();
+                    for _ in 0..n {
+                        let offset = r.i64()?;
+                        let batch = if r.bool()? { Some(r.bytes()?) } else { None };
+                        es.push((offset, batch));
+                    }
+                    MetadataUpdate::Entries(es)
+                }
+                2 => MetadataUpdate::Snapshot(r.bytes()?),
+                t => return Err(BadRecord(format!("unknown metadata update {t}"))),
+            };
+            Response::Metadata {
+                leader: l.first().copied(),
+                update,
+            }
+        }
         t => return Err(BadRecord(format!("unknown controller response {t}"))),
     })
 }
