@@ -43,6 +43,16 @@ pub struct ControllerConfig {
     pub default_replication_factor: i16,
     /// Producer ids handed to a broker at a time.
     pub producer_id_block: i64,
+    /// A new partition's ISR is its leader alone, not every live replica.
+    /// Until brokers replicate partition data, a follower holds none of
+    /// the records its leader acknowledges; counting it in-sync would let
+    /// leadership move to it when the leader is fenced, and the
+    /// acknowledged records would be lost (a clean election in name only).
+    /// With the leader alone in the ISR, a partition whose leader is
+    /// fenced goes leaderless and comes back with it, as Kafka does with
+    /// `unclean.leader.election.enable=false`. Turn off once followers
+    /// fetch from their leaders and join the ISR when caught up.
+    pub new_isr_leader_only: bool,
 }
 
 impl Default for ControllerConfig {
@@ -53,6 +63,7 @@ impl Default for ControllerConfig {
             default_partitions: 1,
             default_replication_factor: 1,
             producer_id_block: 1_000,
+            new_isr_leader_only: true,
         }
     }
 }
@@ -421,6 +432,14 @@ impl Controller {
                     isr
                 };
                 let leader = isr.iter().copied().find(|r| self.is_live(*r)).unwrap_or(-1);
+                let isr = if !self.config.new_isr_leader_only {
+                    isr
+                } else if leader != -1 {
+                    vec![leader]
+                } else {
+                    // No live replica: the first waits to lead it.
+                    replicas.iter().take(1).copied().collect()
+                };
                 MetadataRecord::Partition(PartitionRecord {
                     topic_id,
                     partition: first + i as i32,

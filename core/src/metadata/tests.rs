@@ -18,6 +18,9 @@ fn config() -> ControllerConfig {
     ControllerConfig {
         cluster_id: "c1".into(),
         broker_session_timeout_ms: SESSION,
+        // The ISR logic as it will run once followers replicate: new
+        // partitions start with every live replica in sync.
+        new_isr_leader_only: false,
         ..ControllerConfig::default()
     }
 }
