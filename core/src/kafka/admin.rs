@@ -173,6 +173,9 @@ impl<D: Disk + Clone> Broker<D> {
     }
 
     fn check_replication_factor(&self, rf: i16) -> Result<(), Failure> {
+        if let Some(r) = self.cluster_replication_check(rf) {
+            return r;
+        }
         if rf == 1 {
             Ok(())
         } else if rf <= 0 {
@@ -352,6 +355,17 @@ impl<D: Disk + Clone> Broker<D> {
         if validate_only {
             return Ok((0, partitions, overrides));
         }
+        let rf = if t.replication_factor == -1 {
+            self.config.default_replication_factor
+        } else {
+            t.replication_factor
+        };
+        if self
+            .defer_create(&name, partitions, rf, t, &overrides)
+            .is_some()
+        {
+            return Ok((0, partitions, overrides));
+        }
         self.create_topic(&name, partitions, overrides.clone())?;
         Ok((self.topics[&name].id, partitions, overrides))
     }
@@ -369,6 +383,10 @@ impl<D: Disk + Clone> Broker<D> {
                     error::INVALID_REPLICA_ASSIGNMENT,
                     "Partitions should be a consecutive 0-based integer sequence".into(),
                 ));
+            }
+            if let Some(r) = self.cluster_assignment_check(index, brokers) {
+                r?;
+                continue;
             }
             if brokers.as_slice() != [BrokerId(self.config.node_id)] {
                 return Err((
@@ -443,6 +461,9 @@ impl<D: Disk + Clone> Broker<D> {
                 error::INVALID_TOPIC_EXCEPTION,
                 format!("Topic '{name}' is internal: deleting it would lose every group's committed offsets."),
             ));
+        }
+        if self.defer_delete(name).is_some() {
+            return Ok(());
         }
         let mut next = self.meta.clone();
         if let Some(t) = next.topics.get_mut(name) {
@@ -556,6 +577,9 @@ impl<D: Disk + Clone> Broker<D> {
         }
         self.check_partition_budget(i64::from(t.count - have))?;
         if validate_only {
+            return Ok(());
+        }
+        if self.defer_grow(t).is_some() {
             return Ok(());
         }
         let mut next = self.meta.clone();
@@ -881,6 +905,9 @@ impl<D: Disk + Clone> Broker<D> {
     ) -> Result<(), Failure> {
         configs::validate_all(&overrides).map_err(|e| (error::INVALID_CONFIG, e))?;
         if validate_only {
+            return Ok(());
+        }
+        if self.defer_configs(name, &overrides).is_some() {
             return Ok(());
         }
         let mut next = self.meta.clone();

@@ -396,7 +396,7 @@ pub fn effective_str(
 }
 
 /// The topic's settings the broker acts on directly.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TopicSettings {
     pub log: LogConfig,
     pub compact: bool,

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
 
-use super::{error, log_error_code, uuid, Broker, Completion, Ctx, FrameOutcome, LEADER_EPOCH};
+use super::{error, log_error_code, uuid, Broker, Completion, Ctx, FrameOutcome};
 use crate::io::clock::Instant;
 use crate::io::disk::Disk;
 
@@ -33,10 +33,10 @@ struct FetchResult {
 }
 
 /// Kafka's epoch check on a client's `current_leader_epoch`.
-pub(crate) fn epoch_error(current_leader_epoch: i32) -> Option<i16> {
-    if current_leader_epoch < 0 || current_leader_epoch == LEADER_EPOCH {
+pub(crate) fn epoch_error(current_leader_epoch: i32, leader_epoch: i32) -> Option<i16> {
+    if current_leader_epoch < 0 || current_leader_epoch == leader_epoch {
         None
-    } else if current_leader_epoch < LEADER_EPOCH {
+    } else if current_leader_epoch < leader_epoch {
         Some(error::FENCED_LEADER_EPOCH)
     } else {
         Some(error::UNKNOWN_LEADER_EPOCH)
@@ -118,7 +118,10 @@ impl<D: Disk + Clone> Broker<D> {
                 let code = match (&name, part) {
                     (None, _) => error::UNKNOWN_TOPIC_ID,
                     (Some(_), None) => error::UNKNOWN_TOPIC_OR_PARTITION,
-                    (Some(_), Some(p)) => match (epoch_error(fp.current_leader_epoch), p.log()) {
+                    (Some(_), Some(p)) => match (
+                        epoch_error(fp.current_leader_epoch, p.leader_epoch),
+                        p.log(),
+                    ) {
                         (Some(code), _) => code,
                         (None, Err(code)) => code,
                         (None, Ok(log)) => {

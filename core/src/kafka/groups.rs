@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
-use super::{error, str_bytes, topic_name, uuid, Broker, ConnId, Ctx, FrameOutcome, LEADER_EPOCH};
+use super::{error, str_bytes, topic_name, uuid, Broker, ConnId, Ctx, FrameOutcome};
 use crate::group::records::{self, Key, Value};
 use crate::group::{
     self, CommitEntry, CommitRequest, Effects, JoinReply, JoinRequest, Reply, SyncReply,
@@ -98,7 +98,7 @@ impl<D: Disk + Clone> Broker<D> {
 
     /// Creates `__consumer_offsets` on first use, as Kafka does, and
     /// starts serving its partitions.
-    fn ensure_offsets_topic(&mut self) -> Result<(), String> {
+    fn ensure_offsets_topic(&mut self, now: crate::io::Instant) -> Result<(), String> {
         if self.topics.contains_key(OFFSETS_TOPIC) {
             return Ok(());
         }
@@ -107,6 +107,12 @@ impl<D: Disk + Clone> Broker<D> {
         configs.insert("segment.bytes".to_string(), "104857600".to_string());
         configs.insert("compression.type".to_string(), "producer".to_string());
         let n = self.groups.num_partitions;
+        if self.in_cluster() {
+            // The controller creates it; clients ask again meanwhile.
+            let rf = self.config.default_replication_factor;
+            self.auto_create_in_cluster(OFFSETS_TOPIC, n, rf, configs, now);
+            return Err(format!("{OFFSETS_TOPIC} is being created"));
+        }
         self.create_topic(OFFSETS_TOPIC, n, configs)
             .map_err(|(_, e)| e)?;
         self.load_offsets_partitions();
@@ -253,6 +259,7 @@ impl<D: Disk + Clone> Broker<D> {
                 failed.insert(p);
                 continue;
             };
+            let epoch = part.leader_epoch;
             let Ok(log) = part.log_mut() else {
                 failed.insert(p);
                 continue;
@@ -262,7 +269,7 @@ impl<D: Disk + Clone> Broker<D> {
                 for (k, v) in chunk {
                     b = b.add(Some(k), v.as_deref(), wall);
                 }
-                if let Err(e) = log.append_as_leader(&b.build(), LEADER_EPOCH, wall) {
+                if let Err(e) = log.append_as_leader(&b.build(), epoch, wall) {
                     part.problem = Some(format!("group records: {e}"));
                     failed.insert(p);
                     break;
@@ -433,9 +440,29 @@ impl<D: Disk + Clone> Broker<D> {
             return Some(error::COORDINATOR_NOT_AVAILABLE);
         }
         if !self.groups.owns(group_id) {
-            return Some(error::COORDINATOR_NOT_AVAILABLE);
+            // In a cluster another broker may lead the group's partition:
+            // NOT_COORDINATOR sends the client to FindCoordinator again.
+            return Some(if self.in_cluster() {
+                error::NOT_COORDINATOR
+            } else {
+                error::COORDINATOR_NOT_AVAILABLE
+            });
         }
         None
+    }
+
+    /// In a cluster, the broker that leads the group's partition of
+    /// `__consumer_offsets`, when that is another live broker.
+    fn coordinator_elsewhere(&self, group: &str) -> Option<(i32, String, i32)> {
+        let image = self.image()?;
+        let t = image.topic(OFFSETS_TOPIC)?;
+        let p = group::partition_for(group, t.partitions.len() as i32);
+        let leader = t.partitions.get(&p)?.leader;
+        if leader < 0 || leader == self.config.node_id {
+            return None;
+        }
+        let (host, port) = self.broker_address(leader)?;
+        Some((leader, host, port))
     }
 
     pub(crate) fn find_coordinator(
@@ -450,21 +477,28 @@ impl<D: Disk + Clone> Broker<D> {
         };
         let mut resp = FindCoordinatorResponse::default();
         let mut answers = Vec::new();
+        let mut elsewhere: BTreeMap<String, (i32, String, i32)> = BTreeMap::new();
         for key in keys {
             let (code, msg) = match req.key_type {
                 0 if key.is_empty() => {
                     (error::INVALID_REQUEST, "the group id is empty".to_string())
                 }
-                0 => match self.ensure_offsets_topic() {
+                0 => match self.ensure_offsets_topic(ctx.now) {
                     Err(e) => (error::COORDINATOR_NOT_AVAILABLE, e),
                     Ok(()) if self.groups.owns(&key) => (error::NONE, String::new()),
-                    Ok(()) => (
-                        error::COORDINATOR_NOT_AVAILABLE,
-                        format!(
-                            "partition {} of {OFFSETS_TOPIC} is offline",
-                            self.groups.partition_for(&key)
+                    Ok(()) => match self.coordinator_elsewhere(&key) {
+                        Some(node) => {
+                            elsewhere.insert(key.clone(), node);
+                            (error::NONE, String::new())
+                        }
+                        None => (
+                            error::COORDINATOR_NOT_AVAILABLE,
+                            format!(
+                                "partition {} of {OFFSETS_TOPIC} is offline",
+                                self.groups.partition_for(&key)
+                            ),
                         ),
-                    ),
+                    },
                 },
                 1 => (
                     error::COORDINATOR_NOT_AVAILABLE,
@@ -477,14 +511,19 @@ impl<D: Disk + Clone> Broker<D> {
             };
             answers.push((key, code, msg));
         }
-        let me = BrokerId(self.config.node_id);
-        let host = str_bytes(&self.config.advertised_host);
-        let port = self.config.advertised_port;
+        let here = (
+            self.config.node_id,
+            self.config.advertised_host.clone(),
+            self.config.advertised_port,
+        );
+        let node_for = |key: &str| elsewhere.get(key).cloned().unwrap_or_else(|| here.clone());
         if ctx.version >= 4 {
             resp.coordinators = answers
                 .into_iter()
                 .map(|(key, code, msg)| {
                     let ok = code == error::NONE;
+                    let (id, host, port) = node_for(&key);
+                    let (me, host) = (BrokerId(id), str_bytes(&host));
                     find_coordinator_response::Coordinator::default()
                         .with_key(str_bytes(&key))
                         .with_node_id(if ok { me } else { BrokerId(-1) })
@@ -498,8 +537,10 @@ impl<D: Disk + Clone> Broker<D> {
                         .with_error_message((!ok).then(|| str_bytes(&msg)))
                 })
                 .collect();
-        } else if let Some((_, code, msg)) = answers.into_iter().next() {
+        } else if let Some((key, code, msg)) = answers.into_iter().next() {
             let ok = code == error::NONE;
+            let (id, host, port) = node_for(&key);
+            let (me, host) = (BrokerId(id), str_bytes(&host));
             resp.error_code = code;
             resp.node_id = if ok { me } else { BrokerId(-1) };
             resp.host = if ok { host } else { StrBytes::default() };

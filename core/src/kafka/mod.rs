@@ -28,6 +28,7 @@
 //! offset a consumer has read can never be lost or reused after a crash.
 
 mod admin;
+mod cluster;
 pub mod configs;
 mod fetch;
 mod groups;
@@ -49,16 +50,22 @@ use crate::io::disk::{self, Disk};
 use crate::storage::log::{Log, LogError};
 
 use crate::group::{Coordinator, GroupConfig};
+pub use cluster::Forward;
 use configs::TopicSettings;
 pub use groups::{is_internal, OFFSETS_TOPIC};
 use meta::MetaState;
 
 /// Kafka's error codes used here.
 pub mod error {
+    pub const UNKNOWN_SERVER_ERROR: i16 = -1;
     pub const NONE: i16 = 0;
     pub const OFFSET_OUT_OF_RANGE: i16 = 1;
     pub const CORRUPT_MESSAGE: i16 = 2;
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const LEADER_NOT_AVAILABLE: i16 = 5;
+    pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+    pub const REQUEST_TIMED_OUT: i16 = 7;
+    pub const NOT_CONTROLLER: i16 = 41;
     pub const MESSAGE_TOO_LARGE: i16 = 10;
     pub const RECORD_LIST_TOO_LARGE: i16 = 18;
     pub const NOT_ENOUGH_REPLICAS: i16 = 19;
@@ -216,10 +223,20 @@ pub(crate) struct Partition<D: Disk> {
     pub log: Option<Log<D>>,
     pub problem: Option<String>,
     pub producers: producers::ProducerStates,
+    /// Whether this broker leads the partition: always on a single node;
+    /// in a cluster, what the metadata image says. Clients reading or
+    /// writing a partition led elsewhere get NOT_LEADER_OR_FOLLOWER.
+    pub leading: bool,
+    /// The partition's leader epoch: [`LEADER_EPOCH`] on a single node,
+    /// the image's in a cluster.
+    pub leader_epoch: i32,
 }
 
 impl<D: Disk> Partition<D> {
     fn log(&self) -> Result<&Log<D>, i16> {
+        if !self.leading {
+            return Err(error::NOT_LEADER_OR_FOLLOWER);
+        }
         match &self.log {
             Some(l) if !l.is_offline() => Ok(l),
             _ => Err(error::KAFKA_STORAGE_ERROR),
@@ -227,6 +244,9 @@ impl<D: Disk> Partition<D> {
     }
 
     fn log_mut(&mut self) -> Result<&mut Log<D>, i16> {
+        if !self.leading {
+            return Err(error::NOT_LEADER_OR_FOLLOWER);
+        }
         match &mut self.log {
             Some(l) if !l.is_offline() => Ok(l),
             _ => Err(error::KAFKA_STORAGE_ERROR),
@@ -280,6 +300,9 @@ pub struct Broker<D: Disk + Clone> {
     /// must not be released.
     group_failed: std::collections::BTreeSet<i32>,
     client_hosts: BTreeMap<ConnId, String>,
+    /// Present when the broker is a member of a cluster: it follows the
+    /// metadata image and forwards changes to the controller.
+    cluster: Option<cluster::ClusterState>,
 }
 
 fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
@@ -315,6 +338,30 @@ impl<D: Disk + Clone> Broker<D> {
         config: BrokerConfig,
         clock: &dyn Clock,
         buggify: Buggify,
+    ) -> Result<Broker<D>, String> {
+        Self::open_inner(disk, config, clock, buggify, false)
+    }
+
+    /// Opens a broker that is a member of a cluster: its topics come from
+    /// the metadata image ([`Broker::apply_image`]), not from its own topic
+    /// file, and it starts with none until the first image arrives. The
+    /// file still records the cluster id, so a data directory of another
+    /// cluster is refused.
+    pub fn open_cluster(
+        disk: D,
+        config: BrokerConfig,
+        clock: &dyn Clock,
+        buggify: Buggify,
+    ) -> Result<Broker<D>, String> {
+        Self::open_inner(disk, config, clock, buggify, true)
+    }
+
+    fn open_inner(
+        disk: D,
+        config: BrokerConfig,
+        clock: &dyn Clock,
+        buggify: Buggify,
+        in_cluster: bool,
     ) -> Result<Broker<D>, String> {
         let dir = config.data_dir.clone();
         disk.create_dir_all(&dir)
@@ -364,7 +411,12 @@ impl<D: Disk + Clone> Broker<D> {
             group_completions: Vec::new(),
             group_failed: std::collections::BTreeSet::new(),
             client_hosts: BTreeMap::new(),
+            cluster: in_cluster.then(cluster::ClusterState::new),
         };
+        if in_cluster {
+            // The image is the only source of topics in a cluster.
+            broker.meta.topics.clear();
+        }
         broker.groups = Coordinator::new(
             broker.config.group.clone(),
             broker.config.offsets_topic_num_partitions,
@@ -456,11 +508,15 @@ impl<D: Disk + Clone> Broker<D> {
                 producers: producers::ProducerStates::rebuild(&log),
                 log: Some(log),
                 problem: None,
+                leading: true,
+                leader_epoch: LEADER_EPOCH,
             },
             Err(e) => Partition {
                 log: None,
                 problem: Some(format!("{dir}: {e}")),
                 producers: producers::ProducerStates::default(),
+                leading: true,
+                leader_epoch: LEADER_EPOCH,
             },
         }
     }
@@ -517,6 +573,7 @@ impl<D: Disk + Clone> Broker<D> {
             || self.pending_fetch.contains_key(&conn)
             || self.parked_group.contains_key(&conn)
             || self.durable_group.contains_key(&conn)
+            || self.cluster.as_ref().is_some_and(|c| c.busy(conn))
         {
             return FrameOutcome::Close(format!(
                 "{key:?} request on connection {conn:?} while its previous request is still being handled"
@@ -563,7 +620,11 @@ impl<D: Disk + Clone> Broker<D> {
             }
             ApiKey::Metadata => {
                 let req = decode!(MetadataRequest);
-                let resp = self.metadata(&ctx, &req);
+                let resp = if self.cluster.is_some() {
+                    self.cluster_metadata(&ctx, &req)
+                } else {
+                    self.metadata(&ctx, &req)
+                };
                 ctx.respond(&resp)
             }
             ApiKey::Produce => {
@@ -587,17 +648,17 @@ impl<D: Disk + Clone> Broker<D> {
             ApiKey::CreateTopics => {
                 let req = decode!(CreateTopicsRequest);
                 let resp = self.create_topics(&ctx, &req);
-                ctx.respond(&resp)
+                self.finish_admin(&ctx, cluster::Held::Create(resp), req.timeout_ms)
             }
             ApiKey::DeleteTopics => {
                 let req = decode!(DeleteTopicsRequest);
                 let resp = self.delete_topics(&ctx, &req);
-                ctx.respond(&resp)
+                self.finish_admin(&ctx, cluster::Held::Delete(resp), req.timeout_ms)
             }
             ApiKey::CreatePartitions => {
                 let req = decode!(CreatePartitionsRequest);
                 let resp = self.create_partitions(&req);
-                ctx.respond(&resp)
+                self.finish_admin(&ctx, cluster::Held::Grow(resp), req.timeout_ms)
             }
             ApiKey::DeleteRecords => {
                 let req = decode!(DeleteRecordsRequest);
@@ -612,21 +673,24 @@ impl<D: Disk + Clone> Broker<D> {
             ApiKey::AlterConfigs => {
                 let req = decode!(AlterConfigsRequest);
                 let resp = self.alter_configs(&req);
-                ctx.respond(&resp)
+                self.finish_admin(&ctx, cluster::Held::Alter(resp), 0)
             }
             ApiKey::IncrementalAlterConfigs => {
                 let req = decode!(IncrementalAlterConfigsRequest);
                 let resp = self.incremental_alter_configs(&req);
-                ctx.respond(&resp)
+                self.finish_admin(&ctx, cluster::Held::IncAlter(resp), 0)
             }
             ApiKey::InitProducerId => {
                 let req = decode!(InitProducerIdRequest);
-                let resp = self.init_producer_id(&req);
-                ctx.respond(&resp)
+                self.init_producer_id(&ctx, &req)
             }
             ApiKey::DescribeCluster => {
                 let req = decode!(DescribeClusterRequest);
-                let resp = self.describe_cluster(&req);
+                let resp = if self.cluster.is_some() {
+                    self.cluster_describe()
+                } else {
+                    self.describe_cluster(&req)
+                };
                 ctx.respond(&resp)
             }
             ApiKey::FindCoordinator => {
@@ -713,6 +777,7 @@ impl<D: Disk + Clone> Broker<D> {
         let mut done = self.release_produces();
         done.extend(self.release_fetches(now, wall_ms));
         group_done.extend(self.release_group_replies());
+        done.extend(self.release_forwarded(now));
         done.extend(
             group_done
                 .into_iter()
@@ -730,6 +795,9 @@ impl<D: Disk + Clone> Broker<D> {
         }
         let groups = Instant::from_millis(self.groups.next_deadline());
         at = Some(at.map_or(groups, |a| a.min(groups)));
+        if let Some(f) = self.forwarded_deadline() {
+            at = Some(at.map_or(f, |a| a.min(f)));
+        }
         if !self.pending_produce.is_empty()
             || !self.durable_group.is_empty()
             || !self.group_completions.is_empty()
@@ -750,6 +818,7 @@ impl<D: Disk + Clone> Broker<D> {
         self.parked_partition.remove(&conn);
         self.durable_group.remove(&conn);
         self.client_hosts.remove(&conn);
+        self.forwarded_closed(conn);
     }
 
     /// The peer's address, as group descriptions show it ("/127.0.0.1").
@@ -787,7 +856,9 @@ impl<D: Disk + Clone> Broker<D> {
     fn sync_dirty(&mut self) {
         for t in self.topics.values_mut() {
             for p in &mut t.partitions {
-                if let Ok(log) = p.log_mut() {
+                // Not `log_mut`: appends made while leading must reach the
+                // disk even if leadership went meanwhile.
+                if let Some(log) = p.log.as_mut().filter(|l| !l.is_offline()) {
                     if log.end_offset() > log.durable_end() {
                         if let Err(e) = log.flush() {
                             p.problem = Some(e.to_string());

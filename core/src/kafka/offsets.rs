@@ -15,7 +15,7 @@ use kafka_protocol::messages::{
 };
 
 use super::fetch::epoch_error;
-use super::{error, log_error_code, Broker, Ctx, LEADER_EPOCH};
+use super::{error, log_error_code, Broker, Ctx};
 use crate::io::disk::Disk;
 
 /// ListOffsets' special timestamps.
@@ -43,13 +43,13 @@ impl<D: Disk + Clone> Broker<D> {
                     p.current_leader_epoch,
                     p.timestamp,
                 ) {
-                    Ok(Some((offset, ts))) => {
+                    Ok(Some((offset, ts, epoch))) => {
                         pr.offset = offset;
                         pr.timestamp = ts;
                         // The field exists from v4; earlier versions
                         // refuse a value other than "unknown".
                         if ctx.version >= 4 {
-                            pr.leader_epoch = LEADER_EPOCH;
+                            pr.leader_epoch = epoch;
                         }
                     }
                     Ok(None) => {}
@@ -69,11 +69,11 @@ impl<D: Disk + Clone> Broker<D> {
         partition: i32,
         current_leader_epoch: i32,
         timestamp: i64,
-    ) -> Result<Option<(i64, i64)>, i16> {
+    ) -> Result<Option<(i64, i64, i32)>, i16> {
         let p = self
             .partition(topic, partition)
             .ok_or(error::UNKNOWN_TOPIC_OR_PARTITION)?;
-        if let Some(code) = epoch_error(current_leader_epoch) {
+        if let Some(code) = epoch_error(current_leader_epoch, p.leader_epoch) {
             return Err(code);
         }
         let log = p.log()?;
@@ -91,7 +91,7 @@ impl<D: Disk + Clone> Broker<D> {
                 .filter(|&(o, _)| o < hw),
             _ => return Err(error::INVALID_REQUEST),
         };
-        Ok(found)
+        Ok(found.map(|(o, t)| (o, t, p.leader_epoch)))
     }
 
     pub(crate) fn delete_records(&mut self, req: &DeleteRecordsRequest) -> DeleteRecordsResponse {
@@ -145,19 +145,20 @@ impl<D: Disk + Clone> Broker<D> {
                 let answer = self
                     .partition(&name, p.partition)
                     .ok_or(error::UNKNOWN_TOPIC_OR_PARTITION)
-                    .and_then(|part| match epoch_error(p.current_leader_epoch) {
-                        Some(code) => Err(code),
-                        None => part.log(),
+                    .and_then(|part| {
+                        if let Some(code) = epoch_error(p.current_leader_epoch, part.leader_epoch) {
+                            return Err(code);
+                        }
+                        Ok((part.log()?, part.leader_epoch))
                     });
                 match answer {
-                    Ok(log) => {
+                    Ok((log, current)) => {
                         let found = log
                             .leader_epochs()
                             .end_offset_for(p.leader_epoch, log.end_offset())
                             // A log with no batches yet is wholly in the
                             // current epoch.
-                            .or((p.leader_epoch >= LEADER_EPOCH)
-                                .then(|| (LEADER_EPOCH, log.end_offset())));
+                            .or((p.leader_epoch >= current).then(|| (current, log.end_offset())));
                         if let Some((e, end)) = found {
                             pr.leader_epoch = e;
                             pr.end_offset = end;

@@ -8,9 +8,7 @@ use kafka_protocol::messages::produce_response::{
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
 use super::producers::SequenceCheck;
-use super::{
-    error, log_error_code, str_bytes, Broker, Completion, Ctx, FrameOutcome, LEADER_EPOCH,
-};
+use super::{error, log_error_code, str_bytes, Broker, Completion, Ctx, FrameOutcome};
 use crate::io::disk::Disk;
 use crate::storage::batch::{self, BatchError};
 
@@ -192,6 +190,7 @@ impl<D: Disk + Clone> Broker<D> {
         p.log_mut().map_err(|code| {
             Refusal::new(code, format!("partition {topic}-{partition} is offline"))
         })?;
+        let epoch = p.leader_epoch;
         let super::Partition { log, producers, .. } = p;
         let log = log.as_mut().expect("checked online above");
         let Some(bytes) = records else {
@@ -308,7 +307,7 @@ impl<D: Disk + Clone> Broker<D> {
             (bytes, -1)
         };
         let info = log
-            .append_as_leader(to_append, LEADER_EPOCH, ctx.wall_ms)
+            .append_as_leader(to_append, epoch, ctx.wall_ms)
             .map_err(|e| Refusal::new(log_error_code(&e), e.to_string()))?;
         producers.record(&header, info.base_offset);
         Ok(Appended {

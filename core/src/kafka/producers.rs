@@ -201,21 +201,25 @@ impl ProducerStates {
 impl<D: Disk + Clone> Broker<D> {
     pub(crate) fn init_producer_id(
         &mut self,
+        ctx: &super::Ctx,
         req: &InitProducerIdRequest,
-    ) -> InitProducerIdResponse {
+    ) -> super::FrameOutcome {
         let mut resp = InitProducerIdResponse::default()
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1);
         if req.transactional_id.is_some() {
             // Transactions need a coordinator this broker does not have yet.
             resp.error_code = COORDINATOR_NOT_AVAILABLE;
-            return resp;
+            return ctx.respond(&resp);
         }
         // KIP-360: a producer that knows its id asks for the next epoch.
         if req.producer_id.0 >= 0 && req.producer_epoch >= 0 && req.producer_epoch < i16::MAX - 1 {
             resp.producer_id = req.producer_id;
             resp.producer_epoch = req.producer_epoch + 1;
-            return resp;
+            return ctx.respond(&resp);
+        }
+        if self.in_cluster() {
+            return self.cluster_producer_id(ctx, resp);
         }
         match self.allocate_producer_id() {
             Ok(id) => {
@@ -224,7 +228,7 @@ impl<D: Disk + Clone> Broker<D> {
             }
             Err(_) => resp.error_code = error::KAFKA_STORAGE_ERROR,
         }
-        resp
+        ctx.respond(&resp)
     }
 
     fn allocate_producer_id(&mut self) -> Result<i64, String> {

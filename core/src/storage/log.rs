@@ -35,7 +35,7 @@ pub enum FlushPolicy {
 }
 
 /// Per-log configuration, named after Kafka's topic configs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LogConfig {
     /// `segment.bytes`
     pub segment_bytes: u64,
