@@ -6,6 +6,7 @@
 //! (`sim/`). See `docs/ARCHITECTURE.md`.
 
 pub mod buggify;
+pub mod cluster;
 pub mod codec;
 pub mod group;
 pub mod io;
