@@ -483,7 +483,7 @@ impl<D: Disk + Clone> Node<D> {
             if !self.strays_removed && image.offset >= epoch {
                 // Caught up to this process's own registration: every
                 // topic deleted while it was down is gone from the image.
-                b.remove_strays(&[METADATA_DIR]);
+                b.remove_strays();
                 self.strays_removed = true;
             }
         }

@@ -322,6 +322,60 @@ fn combined_nodes_elect_a_controller_and_list_every_broker() {
         offsets.values().all(|o| *o == offsets[&1]),
         "images differ: {offsets:?}"
     );
+    // Every Metadata version encodes from the image.
+    for v in 0..=12 {
+        let req = MetadataRequest::default().with_topics(if v == 0 { Some(vec![]) } else { None });
+        let m: MetadataResponse = c.call(2, ApiKey::Metadata, v, &req);
+        assert_eq!(m.brokers.len(), 3, "v{v}");
+    }
+}
+
+#[test]
+fn metadata_auto_creates_through_the_controller() {
+    let mut c = Cluster::combined();
+    c.run(3_000);
+    let req = MetadataRequest::default()
+        .with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(topic_name("auto")))
+        ]))
+        .with_allow_auto_topic_creation(true);
+    let m: MetadataResponse = c.call(3, ApiKey::Metadata, 12, &req);
+    assert_eq!(m.topics[0].error_code, error::LEADER_NOT_AVAILABLE);
+    c.run(300);
+    for id in 1..=3 {
+        let m = c.metadata(id, Some(&["auto"]));
+        let ps = partitions_of(&m, "auto");
+        assert_eq!(ps.len(), 1);
+        assert!(ps[0].1 >= 1);
+    }
+}
+
+#[test]
+fn forwarded_requests_time_out_without_a_quorum() {
+    let mut c = Cluster::combined();
+    c.run(3_000);
+    let leader = c.leader().unwrap();
+    let survivor = (1..=3).find(|i| *i != leader).unwrap();
+    for id in 1..=3 {
+        if id != survivor {
+            c.kill(id);
+        }
+    }
+    let req = CreateTopicsRequest::default()
+        .with_timeout_ms(2_000)
+        .with_topics(vec![CreatableTopic::default()
+            .with_name(topic_name("never"))
+            .with_num_partitions(1)
+            .with_replication_factor(1)]);
+    let start = c.clock.now;
+    let resp: CreateTopicsResponse = c.call(survivor, ApiKey::CreateTopics, 7, &req);
+    assert_eq!(resp.topics[0].error_code, error::REQUEST_TIMED_OUT);
+    let waited = c.clock.now.as_millis() - start.as_millis();
+    assert!(
+        (2_000..3_000).contains(&waited),
+        "answered after {waited} ms"
+    );
+    assert!(c.nodes[&survivor].image().topic("never").is_none());
 }
 
 #[test]
@@ -514,6 +568,13 @@ fn a_broker_only_node_catches_up_from_a_snapshot() {
     c.run(3_000);
     // Controllers are not brokers: only 4 and 5 are listed.
     assert_eq!(c.brokers(4), vec![4, 5]);
+    // A topic on both brokers, deleted while node 5 is down: its files on
+    // node 5 must go when it is back, though it never sees the deletion.
+    assert_eq!(c.create(4, "doomed", 1, 2), 0);
+    c.run(500);
+    assert!(c.disks[&5]
+        .list("data/doomed-0")
+        .is_ok_and(|f| !f.is_empty()));
     assert!(c.nodes[&4].status().quorum_leader.is_some());
     // A controller-only node turns clients away.
     let frame = request(ApiKey::ApiVersions, 3, 1, &ApiVersionsRequest::default());
@@ -524,6 +585,11 @@ fn a_broker_only_node_catches_up_from_a_snapshot() {
     ));
 
     c.kill(5);
+    let req = DeleteTopicsRequest::default()
+        .with_timeout_ms(10_000)
+        .with_topic_names(vec![topic_name("doomed")]);
+    let resp: DeleteTopicsResponse = c.call(4, ApiKey::DeleteTopics, 4, &req);
+    assert_eq!(resp.responses[0].error_code, 0);
     for i in 0..12 {
         assert_eq!(c.create(4, &format!("t{i}"), 1, 1), 0);
     }
@@ -545,6 +611,9 @@ fn a_broker_only_node_catches_up_from_a_snapshot() {
     assert_eq!(c.brokers(5), vec![4, 5]);
     let m = c.metadata(5, None);
     assert_eq!(m.topics.len(), 12);
+    assert!(c.disks[&5]
+        .list("data/doomed-0")
+        .map_or(true, |f| f.is_empty()));
 }
 
 fn produce(topic: &str, partition: i32, values: &[&str]) -> ProduceRequest {

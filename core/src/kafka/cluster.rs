@@ -236,6 +236,12 @@ pub(crate) struct ClusterState {
     creating: BTreeMap<String, Instant>,
     /// Producer ids handed to this broker by the controller: `[next, end)`.
     producer_ids: (i64, i64),
+    /// Topics whose files may be on this disk, by name: those the image
+    /// listed when the broker last recorded it in its topic file. The
+    /// [`Disk`] interface lists files, not directories, so this is how
+    /// the files of topics deleted (or re-created under a new id) while
+    /// the broker was down are found.
+    pub known: BTreeMap<String, TopicMeta>,
 }
 
 impl ClusterState {
@@ -716,6 +722,21 @@ impl<D: Disk + Clone> Broker<D> {
         let mut created = false;
         let mut lost_offsets = Vec::new();
         for ti in image.topics.values() {
+            // A topic re-created under this name while the broker was
+            // away: the old one's files must not be served as the new
+            // one's.
+            let stale = self
+                .cluster
+                .as_ref()
+                .and_then(|c| c.known.get(&ti.name))
+                .filter(|k| k.id != ti.id && !self.topics.contains_key(&ti.name))
+                .cloned();
+            if let Some(k) = stale {
+                self.remove_files(&k.name, k.partitions);
+                if let Some(c) = self.cluster.as_mut() {
+                    c.known.remove(&k.name);
+                }
+            }
             let overrides = image
                 .configs
                 .get(&ConfigResource::Topic(ti.name.clone()))
@@ -820,6 +841,7 @@ impl<D: Disk + Clone> Broker<D> {
                 )
             })
             .collect();
+        self.record_known();
         for p in lost_offsets {
             // Its groups are served elsewhere now (or nowhere until the
             // partition has a leader again): parked requests get closed,
@@ -853,7 +875,43 @@ impl<D: Disk + Clone> Broker<D> {
         self.groups.topic_deleted(name, &mut fx);
         let others = self.apply_group_effects(fx);
         self.group_completions.extend(others);
-        for p in 0..count {
+        self.remove_files(name, count);
+        if let Some(c) = self.cluster.as_mut() {
+            c.known.remove(name);
+        }
+    }
+
+    /// Records in the topic file every topic whose files may be on this
+    /// disk: the image's, and those known before that still await
+    /// [`Broker::remove_strays`] (marked deleting). Best effort: a failed
+    /// write can leave a later deletion's files behind, never serve them.
+    fn record_known(&mut self) {
+        let Some(c) = self.cluster.as_ref() else {
+            return;
+        };
+        let mut merged = self.meta.topics.clone();
+        for (n, k) in &c.known {
+            if !merged.contains_key(n) {
+                let mut k = k.clone();
+                k.deleting = true;
+                merged.insert(n.clone(), k);
+            }
+        }
+        if same_topics(&c.known, &merged) {
+            return;
+        }
+        let mut m = self.meta.clone();
+        m.topics = merged.clone();
+        let written = m.store(&self.disk, &self.config.data_dir).is_ok();
+        // The generation moved whether or not the write went through.
+        self.meta.generation = m.generation;
+        if let (true, Some(c)) = (written, self.cluster.as_mut()) {
+            c.known = merged;
+        }
+    }
+
+    fn remove_files(&self, name: &str, partitions: i32) {
+        for p in 0..partitions {
             let dir = meta::partition_dir(&self.config.data_dir, name, p);
             let _ = remove_dir_files(&self.disk, &dir);
         }
@@ -1028,57 +1086,41 @@ impl<D: Disk + Clone> Broker<D> {
             )
     }
 
-    /// Removes partition directories of this data directory that the
-    /// image gives this broker no replica of: topics deleted while it was
-    /// down. Only sound once the image has caught up to this broker's own
-    /// registration (every deletion before its start is then in it).
-    /// `keep` names directories that are not partitions of Kafka topics.
-    pub fn remove_strays(&mut self, keep: &[&str]) -> Vec<String> {
+    /// Removes the files of topics this disk held that the image no
+    /// longer has: topics deleted while the broker was down. Only sound
+    /// once the image has caught up to this broker's own registration
+    /// (every deletion before its start is then in it). Returns the
+    /// topics removed.
+    pub fn remove_strays(&mut self) -> Vec<String> {
         let Some(c) = self.cluster.as_ref() else {
             return Vec::new();
         };
-        let me = self.config.node_id;
-        let mut wanted = BTreeSet::new();
-        for t in c.image.topics.values() {
-            for p in t.partitions.values() {
-                if p.replicas.contains(&me) {
-                    wanted.insert(meta::partition_dir(
-                        &self.config.data_dir,
-                        &t.name,
-                        p.partition,
-                    ));
-                }
+        let strays: Vec<TopicMeta> = c
+            .known
+            .values()
+            .filter(|k| c.image.topic(&k.name).is_none_or(|t| t.id != k.id))
+            .filter(|k| self.topics.get(&k.name).is_none_or(|t| t.id != k.id))
+            .cloned()
+            .collect();
+        for k in &strays {
+            self.remove_files(&k.name, k.partitions);
+        }
+        let names: Vec<String> = strays.into_iter().map(|k| k.name).collect();
+        if let Some(c) = self.cluster.as_mut() {
+            for n in &names {
+                c.known.remove(n);
             }
         }
-        let Ok(names) = self.disk.list(&self.config.data_dir) else {
-            return Vec::new();
-        };
-        let mut removed = Vec::new();
-        for n in names {
-            if keep.contains(&n.as_str()) || n.starts_with("odradek-") {
-                continue;
-            }
-            let Some((topic, p)) = n.rsplit_once('-') else {
-                continue;
-            };
-            if p.parse::<u32>().is_err() || meta::validate_topic_name(topic).is_err() {
-                continue;
-            }
-            let dir = crate::io::disk::join(&self.config.data_dir, &n);
-            if wanted.contains(&dir) {
-                continue;
-            }
-            // A directory of a topic still listed (a replica moved away)
-            // is left to whoever moves replicas; only unknown topics go.
-            if c.image.topic(topic).is_some() {
-                continue;
-            }
-            if remove_dir_files(&self.disk, &dir).is_ok() {
-                removed.push(n);
-            }
-        }
-        removed
+        self.record_known();
+        names
     }
+}
+
+fn same_topics(a: &BTreeMap<String, TopicMeta>, b: &BTreeMap<String, TopicMeta>) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|((n1, t1), (n2, t2))| {
+            n1 == n2 && t1.id == t2.id && t1.partitions == t2.partitions
+        })
 }
 
 /// The `problem` of a partition this broker holds no replica of.

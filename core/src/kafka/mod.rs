@@ -413,9 +413,10 @@ impl<D: Disk + Clone> Broker<D> {
             client_hosts: BTreeMap::new(),
             cluster: in_cluster.then(cluster::ClusterState::new),
         };
-        if in_cluster {
-            // The image is the only source of topics in a cluster.
-            broker.meta.topics.clear();
+        if let Some(c) = broker.cluster.as_mut() {
+            // The image is the only source of topics in a cluster; the
+            // file's list says which topics' files may be on this disk.
+            c.known = std::mem::take(&mut broker.meta.topics);
         }
         broker.groups = Coordinator::new(
             broker.config.group.clone(),
