@@ -227,7 +227,9 @@ pub(crate) struct ClusterState {
     pub controller: Option<i32>,
     next_forward: u64,
     outgoing: Vec<Forward>,
-    routes: BTreeMap<u64, Route>,
+    /// Where each forward's answer goes, until its deadline: the carrier
+    /// gives up then too, so nothing would ever remove it otherwise.
+    routes: BTreeMap<u64, (Route, Instant)>,
     waiting: BTreeMap<ConnId, Waiting>,
     ready: Vec<(ConnId, FrameOutcome)>,
     deferred: Vec<Deferred>,
@@ -255,7 +257,7 @@ impl ClusterState {
     fn forward(&mut self, request: Request, deadline: Instant, route: Route) -> u64 {
         self.next_forward += 1;
         let id = self.next_forward;
-        self.routes.insert(id, route);
+        self.routes.insert(id, (route, deadline));
         self.outgoing.push(Forward {
             id,
             request,
@@ -303,7 +305,7 @@ impl<D: Disk + Clone> Broker<D> {
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
-        let Some(route) = c.routes.remove(&id) else {
+        let Some((route, _)) = c.routes.remove(&id) else {
             return;
         };
         match route {
@@ -471,6 +473,7 @@ impl<D: Disk + Clone> Broker<D> {
             return Vec::new();
         };
         c.creating.retain(|_, deadline| *deadline > now);
+        c.routes.retain(|_, (_, deadline)| *deadline > now);
         std::mem::take(&mut c.ready)
             .into_iter()
             .map(|(conn, outcome)| Completion { conn, outcome })
