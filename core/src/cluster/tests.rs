@@ -507,7 +507,17 @@ fn losing_the_quorum_leader_fences_its_broker_and_it_catches_up_on_return() {
         .into_iter()
         .map(|p| (p.0, p.1))
         .collect();
-    assert!(led_before.values().any(|l| *l == dead));
+    let (&dead_p, _) = led_before
+        .iter()
+        .find(|(_, l)| **l == dead)
+        .expect("a partition led by the controller's node");
+    let resp: ProduceResponse = c.call(
+        dead,
+        ApiKey::Produce,
+        9,
+        &produce("before", dead_p, &["kept"]),
+    );
+    assert_eq!(resp.responses[0].partition_responses[0].error_code, 0);
     c.kill(dead);
     // A new controller, and the dead broker's session runs out.
     c.run(12_000);
@@ -549,7 +559,24 @@ fn losing_the_quorum_leader_fences_its_broker_and_it_catches_up_on_return() {
         for (p, l, _, _, code) in partitions_of(&m, "before") {
             assert_eq!((l, code), (led_before[&p], 0), "partition {p}");
         }
-        assert_eq!(partitions_of(&m, "after").len(), 4);
+    }
+    // What it acknowledged before the crash is served again.
+    let m = c.metadata(dead, None);
+    let epoch = m
+        .topics
+        .iter()
+        .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == "before"))
+        .unwrap()
+        .partitions[dead_p as usize]
+        .leader_epoch;
+    assert!(epoch > 0, "leadership came back in a new epoch");
+    let resp: FetchResponse = c.call(dead, ApiKey::Fetch, 12, &fetch("before", dead_p, epoch));
+    let pd = &resp.responses[0].partitions[0];
+    assert_eq!(pd.error_code, 0);
+    assert_eq!(values(&pd.records), vec!["kept"]);
+    for id in 1..=3 {
+        let m = c.metadata(id, None);
+        assert_eq!(partitions_of(&m, "after").len(), 4, "node {id}");
     }
 }
 
