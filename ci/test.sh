@@ -21,7 +21,7 @@ bash ci/check-determinism.sh
 step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "tests (unit, property, simulation: 1000 storage, 300 broker and 396 groups seeds, each run twice for determinism; turmoil; real clients against the odradek binary)"
+step "tests (unit, property, simulation: 1000 storage, 300 broker and 400 groups seeds, each run twice for determinism; turmoil; real clients against the odradek binary)"
 # The real-client tests skip when the clients are missing, except here:
 # setup.sh has just installed them, so missing means broken.
 ODRADEK_REQUIRE_CLIENTS=1 cargo test --workspace --locked

@@ -27,10 +27,17 @@
 //!   generation (epoch) the coordinator had already moved past for that
 //!   member — a SyncGroup of a later generation had succeeded (a KIP-848
 //!   heartbeat had answered the member with a later epoch) before the
-//!   commit was sent, or the member had been told ILLEGAL_GENERATION or
-//!   UNKNOWN_MEMBER_ID for that generation by the same coordinator (same
-//!   broker incarnation, no write failure in between, which could have
-//!   rolled its memory back to the log);
+//!   commit was sent; or, classic, a JoinGroup or SyncGroup answer of a
+//!   later generation, to any member, had left the broker before the
+//!   broker read the commit; or the member had been told
+//!   ILLEGAL_GENERATION or UNKNOWN_MEMBER_ID for that generation by the
+//!   same coordinator. The last two hold only within one broker
+//!   incarnation with no write failure in between, which could have rolled
+//!   the coordinator's memory back to the log. The broker's read, not its
+//!   answer, is what is ordered against the announcement: answers wait
+//!   until their records are durable and the group commit releases them
+//!   in no particular order, so an answer that leaves after an
+//!   announcement may be to a request read before it;
 //! * `fenced-heartbeat-accepted`: likewise for a Heartbeat answered NONE;
 //! * `lost-commit`: OffsetFetch returned for a partition something other
 //!   than the last acknowledged commit (acknowledged before the fetch was
@@ -47,6 +54,19 @@
 //! What the disk destroys cannot be demanded back: once the disk damages a
 //! file of the group's `__consumer_offsets` partition, that group's checks
 //! stop (its state may legitimately go back).
+//!
+//! Requests a client gave up on still reach the broker, as they do over
+//! TCP: a client that times out or crashes closes its connection with a
+//! FIN that follows what it sent, and the broker serves every request
+//! before it (its answers go unread, but the checker sees them). Members'
+//! commits and heartbeats time out below the session (as Java's request
+//! timeout is below its session timeout), and in some runs one now and
+//! then is held up in the network for longer than that: the member gives
+//! up, reconnects and goes on — often rejoins in a later generation —
+//! and the old request reaches the coordinator afterwards, stale. In runs
+//! with power losses, up to two more are timed to fall right after a
+//! commit's answer left the broker, before anything else happens: an
+//! answer released before its record was synced is then lost with it.
 
 use crate::disk::SimDisk;
 use crate::net::SimNetwork;
@@ -172,6 +192,8 @@ enum Req {
         member: String,
         gen: i32,
         sent: u64,
+        /// The client's request timeout: below the session.
+        timeout_ms: u64,
     },
     Leave {
         g: usize,
@@ -184,6 +206,8 @@ enum Req {
         gen: i32,
         first: usize,
         n: usize,
+        /// The client's request timeout: below the session.
+        timeout_ms: u64,
     },
     OffsetFetch {
         g: usize,
@@ -224,6 +248,7 @@ impl Request for Req {
         match self {
             // Parked until the others join, or the rebalance times out.
             Req::Join { .. } | Req::Sync { .. } => 10_000,
+            Req::Commit { timeout_ms, .. } | Req::Heartbeat { timeout_ms, .. } => *timeout_ms,
             _ => 3_000,
         }
     }
@@ -458,6 +483,9 @@ enum Ev {
     MemberResume(usize, u64),
     FinalPowerLoss,
     FinalDeadline,
+    /// A power loss timed to fall right after a group reply left the
+    /// broker.
+    PowerLoss,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -487,6 +515,8 @@ struct Stats {
     leaves: u64,
     resets: u64,
     timeouts: u64,
+    stalls: u64,
+    timed_power_losses: u64,
 }
 
 struct Run {
@@ -501,13 +531,24 @@ struct Run {
     stable_at: Option<u64>,
     storage_errors: u64,
     quiet_restarts: u64,
+    /// The members' network and timing faults, drawn from their own
+    /// stream: how often a commit or heartbeat is held up in the network,
+    /// and how many power losses may still be timed to follow a commit's
+    /// answer.
+    faults_rng: rand_chacha::ChaCha8Rng,
+    stall_rate: f64,
+    timed_crashes: u32,
     // ---- the checker ----
-    /// Orders sends and emissions: everything the checker compares.
-    order: u64,
+    // Sends, the broker's reads and its emissions are ordered by
+    // `Host::tick`: everything the checker compares.
     commits: Vec<Commit>,
     commits_of: BTreeMap<(usize, i32), Vec<usize>>,
     /// Classic: SyncGroup answers NONE, as (order, generation).
     synced: BTreeMap<usize, Vec<(u64, i32)>>,
+    /// Classic: generations the coordinator announced (JoinGroup and
+    /// SyncGroup answers NONE, to any member), as (order, generation,
+    /// incarnation, write-fault count).
+    announced: BTreeMap<usize, Vec<(u64, i32, u64, u64)>>,
     /// KIP-848: heartbeat answers NONE, as (order, epoch), per member.
     epochs: BTreeMap<(usize, String), Vec<(u64, i32)>>,
     /// Classic: (group, member, generation) learned from a JoinGroup
@@ -604,7 +645,7 @@ pub fn run(opts: &RunOptions) -> RunReport {
     let schedule = Schedule::generate(&mut schedule_rng, &swarm, &[NODE], safety_ms);
     let disk = SimDisk::new(rng::stream(seed, Stream::Disk), swarm.disk);
     let net = SimNetwork::new(rng::stream(seed, Stream::Network), net_faults);
-    let h = Host::new(
+    let mut h = Host::new(
         seed,
         opts.trace,
         rng::stream(seed, Stream::Workload),
@@ -615,6 +656,19 @@ pub fn run(opts: &RunOptions) -> RunReport {
         config,
         off(FaultKind::Buggify),
     );
+    h.ordered_close = true;
+    // Drawn from a stream of their own, so that the rest of a seed's run
+    // stays what it was without them.
+    let mut faults_rng = rng::stream(seed, Stream::Members);
+    let stall_rate = if !off(FaultKind::NetLoss) && faults_rng.chance(0.5) {
+        faults_rng.between(5, 100) as f64 / 1000.0
+    } else {
+        0.0
+    };
+    let timed_crashes = match swarm.crash_every_ms {
+        Some(_) => faults_rng.between(0, 2) as u32,
+        None => 0,
+    };
     let mut run = Run {
         h,
         groups,
@@ -627,10 +681,13 @@ pub fn run(opts: &RunOptions) -> RunReport {
         stable_at: None,
         storage_errors: 0,
         quiet_restarts: 0,
-        order: 0,
+        faults_rng,
+        stall_rate,
+        timed_crashes,
         commits: Vec::new(),
         commits_of: BTreeMap::new(),
         synced: BTreeMap::new(),
+        announced: BTreeMap::new(),
         epochs: BTreeMap::new(),
         learned: BTreeMap::new(),
         fenced: BTreeMap::new(),
@@ -728,7 +785,7 @@ impl Run {
             .collect();
         trace!(
             self,
-            "seed {} topic {TOPIC} partitions={} groups=[{}] members=[{}] group_config={:?} offsets_partitions={} member_crash_every={:?} member_pause_every={:?} swarm[{}] net[loss={:.4} delay_us={:?}] stable_bound_ms={}",
+            "seed {} topic {TOPIC} partitions={} groups=[{}] members=[{}] group_config={:?} offsets_partitions={} member_crash_every={:?} member_pause_every={:?} stall_rate={} timed_crashes={} swarm[{}] net[loss={:.4} delay_us={:?}] stable_bound_ms={}",
             self.h.seed,
             self.partitions,
             groups.join(" "),
@@ -737,6 +794,8 @@ impl Run {
             self.h.config.offsets_topic_num_partitions,
             crash_every,
             pause_every,
+            self.stall_rate,
+            self.timed_crashes,
             "see broker",
             self.h.net_faults.loss,
             self.h.net_faults.delay_us,
@@ -769,8 +828,7 @@ impl Run {
     // ---- the checker's knowledge ------------------------------------------
 
     fn tick(&mut self) -> u64 {
-        self.order += 1;
-        self.order
+        self.h.tick()
     }
 
     /// Failed writes: a coordinator whose append fails reloads its state
@@ -815,9 +873,11 @@ impl Run {
                 let key = (*g, r.member_id.to_string(), r.generation_id);
                 self.fenced.remove(&key);
                 self.learned.insert(key, (incarnation, faults));
+                self.announce(*g, order, r.generation_id);
             }
             (Req::Sync { g, gen, .. }, Resp::Sync(r)) if r.error_code == code::NONE => {
                 self.synced.entry(*g).or_default().push((order, *gen));
+                self.announce(*g, order, *gen);
             }
             (Req::Sync { g, member, gen }, Resp::Sync(r)) => {
                 self.note_fenced(*g, member, *gen, r.error_code, order)
@@ -828,11 +888,13 @@ impl Run {
                     member,
                     gen,
                     sent,
+                    ..
                 },
                 Resp::Heartbeat(r),
             ) => {
                 if r.error_code == code::NONE {
-                    self.check_fenced(*g, member, *gen, *sent, "fenced-heartbeat-accepted");
+                    let read = out.read;
+                    self.check_fenced(*g, member, *gen, *sent, read, "fenced-heartbeat-accepted");
                 } else {
                     self.note_fenced(*g, member, *gen, r.error_code, order);
                 }
@@ -844,6 +906,7 @@ impl Run {
                     gen,
                     first,
                     n,
+                    ..
                 },
                 Resp::Commit(r),
             ) => {
@@ -864,7 +927,8 @@ impl Run {
                 if codes.iter().all(|&c| c == code::NONE) {
                     self.stats.commits_acked += 1;
                     let sent = self.commits[*first].sent;
-                    self.check_commit(*g, member, *gen, sent);
+                    self.check_commit(*g, member, *gen, sent, out.read);
+                    self.maybe_timed_crash();
                 } else {
                     self.stats.commits_rejected += 1;
                     let code = codes.iter().copied().find(|&c| c != code::NONE);
@@ -914,16 +978,27 @@ impl Run {
         }
     }
 
+    /// Classic: the coordinator announced generation `gen` of group `g`.
+    fn announce(&mut self, g: usize, order: u64, gen: i32) {
+        let (incarnation, faults) = (self.h.incarnation, self.write_faults());
+        self.announced
+            .entry(g)
+            .or_default()
+            .push((order, gen, incarnation, faults));
+    }
+
     /// Whether the coordinator is known to have moved past `gen` for
-    /// `member` before order `sent`: why, if so.
-    fn moved_past(&self, g: usize, member: &str, gen: i32, sent: u64) -> Option<String> {
+    /// `member` before order `sent` (the client sent the request) or
+    /// `read` (the broker read it; 0 if unknown): why, if so.
+    fn moved_past(&self, g: usize, member: &str, gen: i32, sent: u64, read: u64) -> Option<String> {
         if self.groups[g].kip848 {
             let later = self
                 .epochs
                 .get(&(g, member.to_string()))
                 .and_then(|v| v.iter().find(|(o, e)| *o < sent && *e > gen));
-            return later
-                .map(|(_, e)| format!("a heartbeat had already answered it with epoch {e}"));
+            return later.map(|(_, e)| {
+                format!("a heartbeat had answered it with epoch {e} before it was sent")
+            });
         }
         if let Some((_, later)) = self
             .synced
@@ -931,14 +1006,34 @@ impl Run {
             .and_then(|v| v.iter().find(|(o, x)| *o < sent && *x > gen))
         {
             return Some(format!(
-                "a SyncGroup of generation {later} had already succeeded"
+                "a SyncGroup of generation {later} had succeeded before it was sent"
             ));
+        }
+        // A generation only grows in a coordinator's memory: once it has
+        // announced a later one to any member, it is past `gen` for every
+        // request it reads after — unless it lost its memory since (a
+        // restart, or a failed write that made it reload the log, which
+        // may not hold the later generation). The broker's read, not the
+        // answer's emission: answers wait for their records to be durable
+        // and leave in whatever order the group commit releases them, so
+        // an answer emitted after the announcement may be to a request
+        // read before it.
+        if read > 0 {
+            let (incarnation, faults) = (self.h.incarnation, self.write_faults());
+            if let Some((o, later, ..)) = self.announced.get(&g).and_then(|v| {
+                v.iter()
+                    .find(|&&(o, x, i, f)| o < read && x > gen && i == incarnation && f == faults)
+            }) {
+                return Some(format!(
+                    "the coordinator had announced generation {later} (a JoinGroup or SyncGroup answer left the broker at #{o}, before it read this request at #{read}, with no restart or failed write since)"
+                ));
+            }
         }
         let key = (g, member.to_string(), gen);
         if let Some(&(o, incarnation, faults)) = self.fenced.get(&key) {
             if o < sent && incarnation == self.h.incarnation && faults == self.write_faults() {
                 return Some(
-                    "the same coordinator had told it ILLEGAL_GENERATION or UNKNOWN_MEMBER_ID"
+                    "the same coordinator had told it ILLEGAL_GENERATION or UNKNOWN_MEMBER_ID before it was sent"
                         .to_string(),
                 );
             }
@@ -946,11 +1041,11 @@ impl Run {
         None
     }
 
-    fn check_fenced(&mut self, g: usize, member: &str, gen: i32, sent: u64, kind: &str) {
+    fn check_fenced(&mut self, g: usize, member: &str, gen: i32, sent: u64, read: u64, kind: &str) {
         if self.excused(g) {
             return;
         }
-        if let Some(why) = self.moved_past(g, member, gen, sent) {
+        if let Some(why) = self.moved_past(g, member, gen, sent, read) {
             let detail = format!(
                 "{} member {member} generation {gen}: answered NONE, but {why}",
                 self.gname(g)
@@ -959,13 +1054,13 @@ impl Run {
         }
     }
 
-    fn check_commit(&mut self, g: usize, member: &str, gen: i32, sent: u64) {
+    fn check_commit(&mut self, g: usize, member: &str, gen: i32, sent: u64, read: u64) {
         if self.excused(g) {
             return;
         }
-        if let Some(why) = self.moved_past(g, member, gen, sent) {
+        if let Some(why) = self.moved_past(g, member, gen, sent, read) {
             let detail = format!(
-                "{} member {member} committed with generation {gen} and was answered NONE, but {why} before it sent the commit",
+                "{} member {member} committed with generation {gen} (sent #{sent}) and was answered NONE, but {why}",
                 self.gname(g)
             );
             self.fail("fenced-commit-accepted", detail);
@@ -1442,11 +1537,13 @@ impl Run {
         let interval = self.groups[g].heartbeat_ms;
         self.m(c).next_heartbeat = self.h.now + interval * MS;
         let sent = self.tick();
+        let timeout_ms = self.groups[g].session_ms as u64 * 2 / 3;
         let req = Req::Heartbeat {
             g,
             member: member.clone(),
             gen,
             sent,
+            timeout_ms,
         };
         self.send(c, req, version, |corr| {
             let body = HeartbeatRequest::default()
@@ -1564,12 +1661,17 @@ impl Run {
                 ok: None,
             });
         }
+        // Below the session, as a real client's request timeout is (Java:
+        // 30 s against 45 s): a member whose commit is held up gives up on
+        // it, and on its connection, while it is still in the group.
+        let timeout_ms = self.groups[g].session_ms as u64 * 2 / 3;
         let req = Req::Commit {
             g,
             member: member.clone(),
             gen,
             first,
             n: positions.len(),
+            timeout_ms,
         };
         self.send(c, req, version, |corr| {
             let body = OffsetCommitRequest::default()
@@ -2050,9 +2152,10 @@ impl Run {
         }
         self.stats.member_crashes += 1;
         trace!(self, "c{c}: member process crashes");
+        // The OS closes its sockets: what it had sent still arrives.
         let conn = self.clients[c].net.conn.take();
         if let Some(conn) = conn {
-            self.h.reset_conn(conn, true);
+            self.h.client_close(conn);
         }
         let net = &mut self.clients[c].net;
         net.out = None;
@@ -2106,6 +2209,33 @@ impl Run {
             self.client_frame(c, conn, frame);
         }
         self.wake(c, MS / 10);
+    }
+
+    /// Perhaps a power loss right after a commit's answer left the broker,
+    /// before anything else happens: a reply released before its record
+    /// was synced is lost with it.
+    fn maybe_timed_crash(&mut self) {
+        if self.timed_crashes == 0
+            || self.phase != Phase::Safety
+            || !self.h.faults_on
+            || !self.faults_rng.chance(0.1)
+        {
+            return;
+        }
+        self.timed_crashes -= 1;
+        let now = self.h.now;
+        self.h.at(now, Ev::PowerLoss);
+    }
+
+    fn timed_power_loss(&mut self) {
+        if self.h.broker.is_none() || !self.h.faults_on {
+            return;
+        }
+        trace!(self, "power loss, timed to follow a commit's answer");
+        self.stats.timed_power_losses += 1;
+        self.h.stop_broker(true);
+        let at = self.h.now + self.faults_rng.between(10, 300) * MS;
+        self.h.schedule_at(at, Event::Restart);
     }
 
     // ---- the phases ---------------------------------------------------------
@@ -2271,6 +2401,7 @@ impl Wire for Run {
             Ev::MemberPause(c, ms) => self.member_pause(c, ms),
             Ev::MemberResume(c, life) => self.member_resume(c, life),
             Ev::FinalPowerLoss => self.final_power_loss(),
+            Ev::PowerLoss => self.timed_power_loss(),
             Ev::FinalDeadline => {
                 if self.phase == Phase::FinalRead {
                     let f = self.clients.last().map(|c| c.net.last_error.clone());
@@ -2320,7 +2451,38 @@ impl Wire for Run {
         self.m(c).inbox.push((conn, frame));
     }
 
+    /// A commit or heartbeat held up in the network (a segment lost and
+    /// retransmitted late) for longer than the member's request timeout:
+    /// it gives up, closes the connection and goes on; the request reaches
+    /// the coordinator later, maybe after the member has rejoined.
+    fn stall(&mut self, _c: usize, req: &Req) -> u64 {
+        let (Req::Commit { g, timeout_ms, .. } | Req::Heartbeat { g, timeout_ms, .. }) = req else {
+            return 0;
+        };
+        if self.stall_rate == 0.0
+            || self.phase != Phase::Safety
+            || !self.h.faults_on
+            || !self.faults_rng.chance(self.stall_rate)
+        {
+            return 0;
+        }
+        self.stats.stalls += 1;
+        let spec = &self.groups[*g];
+        let most = timeout_ms + 3 * spec.session_ms as u64 + spec.rebalance_ms as u64;
+        self.faults_rng.between(*timeout_ms, most) * MS
+    }
+
     fn request_lost(&mut self, c: usize, req: &Req) {
+        // Leaving is what a closing consumer does on its way out: whether
+        // or not the coordinator heard it, the member is gone (it had
+        // already given its partitions up).
+        if matches!(
+            req,
+            Req::Leave { .. } | Req::ConsumerHeartbeat { epoch: -1, .. }
+        ) {
+            trace!(self, "c{c}: its leave went unanswered; it is gone");
+            return self.left(c);
+        }
         // A sloppy client that does not know whether its JoinGroup went
         // through acts once more in the generation it had.
         if let Req::Join { .. } = req {

@@ -15,9 +15,11 @@ pub enum Stream {
     Network = 6,
     /// A broker's incarnation at each start: `stream(seed ^ restart, ..)`.
     Incarnation = 7,
+    /// The groups workload's members' network and timing faults.
+    Members = 8,
     /// A cluster node's own draws (election timeouts, clock origins,
     /// incarnations): one stream per node, see [`node_stream`].
-    Node = 8,
+    Node = 9,
 }
 
 pub fn stream(seed: u64, which: Stream) -> ChaCha8Rng {

@@ -134,6 +134,8 @@ pub(crate) struct Outstanding<R> {
     pub version: i16,
     pub req: R,
     pub serial: u64,
+    /// When the broker read it, in the host's order (0: not yet).
+    pub read: u64,
 }
 
 /// What a workload's request descriptions must say about themselves.
@@ -203,6 +205,9 @@ impl InOrder {
 pub(crate) struct Conn<R> {
     pub client: usize,
     pub alive: bool,
+    /// The client closed its end (`Host::client_close`): the broker still
+    /// reads what was sent before the close, and its answers go unread.
+    pub client_gone: bool,
     to_broker_seq: u64,
     to_client_seq: u64,
     /// Frames sent that the broker has not read yet: TCP's flow control
@@ -277,6 +282,12 @@ pub(crate) struct Host<R, W> {
     /// An operator restart is queued.
     pub restart_pending: bool,
     pub serial: u64,
+    /// Orders the broker's reads of requests with whatever else a
+    /// workload's checker orders (sends, emissions): `tick`.
+    pub order: u64,
+    /// A client closing its connection sends a FIN after its data (see
+    /// `client_close`); otherwise both ends reset at once.
+    pub ordered_close: bool,
     pub stats: WireStats,
     pub violation: Option<String>,
 }
@@ -319,9 +330,17 @@ impl<R: Request, W: Copy> Host<R, W> {
             faults_on: true,
             restart_pending: false,
             serial: 0,
+            order: 0,
+            ordered_close: false,
             stats: WireStats::default(),
             violation: None,
         }
+    }
+
+    /// The next number in the checker's order.
+    pub fn tick(&mut self) -> u64 {
+        self.order += 1;
+        self.order
     }
 
     pub fn schedule_at(&mut self, at: u64, ev: Event<W>) {
@@ -440,7 +459,33 @@ impl<R: Request, W: Copy> Host<R, W> {
         self.schedule_at(self.now + delay, Event::ClientReset(client, conn));
     }
 
-    fn send_to_broker(&mut self, conn: u64, frame: Vec<u8>) {
+    /// The client closes its end of a connection (it gave up on a
+    /// request, or its process died). With `ordered_close`, as TCP does: a
+    /// FIN follows the data already sent, the broker reads and serves
+    /// every request before it (its answers leave the broker and go
+    /// unread) and learns of the close only then — a request a client gave
+    /// up on can reach the coordinator after the client has moved on.
+    /// Otherwise both ends reset at once.
+    pub fn client_close(&mut self, conn: u64) {
+        if !self.ordered_close {
+            return self.reset_conn(conn, true);
+        }
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if !c.alive || c.client_gone {
+            return;
+        }
+        c.client_gone = true;
+        self.stats.resets += 1;
+        // The FIN: an empty frame (no request is empty).
+        self.send_to_broker(conn, Vec::new(), 0);
+    }
+
+    /// Sends a frame; `stall` holds it back that much longer (a segment
+    /// retransmitted late), and everything after it on the connection
+    /// waits for it, as TCP delivers in order.
+    fn send_to_broker(&mut self, conn: u64, frame: Vec<u8>, stall: u64) {
         let c = self.conns.get_mut(&conn).expect("client's connection");
         let seq = c.to_broker_seq;
         c.to_broker_seq += 1;
@@ -450,7 +495,7 @@ impl<R: Request, W: Copy> Host<R, W> {
             to: Address::Node(NODE),
             payload: conn_frame(conn, seq, &frame),
         };
-        match self.net.submit(Instant(self.now), env) {
+        match self.net.submit(Instant(self.now + stall), env) {
             Some(Instant(arrive)) => self.schedule_at(arrive, Event::Net),
             None => {
                 trace!(self, "request on connection {conn} lost: reset");
@@ -526,6 +571,11 @@ pub(crate) trait Wire: Sized {
     /// A frame that reached a paused client, for it to read when it
     /// resumes.
     fn hold(&mut self, _c: usize, _conn: u64, _frame: Vec<u8>) {}
+    /// How much longer than the network's delay the request's frame takes
+    /// to reach the broker.
+    fn stall(&mut self, _c: usize, _req: &Self::Req) -> u64 {
+        0
+    }
     /// The broker closed a connection instead of answering.
     fn broker_closed(&mut self, conn: u64, reason: String, fire_and_forget: bool) {
         if fire_and_forget {
@@ -729,6 +779,19 @@ pub(crate) trait Wire: Sized {
                 frames += 1;
                 if let Some(c) = h.conns.get_mut(&conn) {
                     c.unread -= 1;
+                    if frame.is_empty() {
+                        // The client's FIN, after everything it sent.
+                        c.alive = false;
+                        c.expect = None;
+                    } else if let Some(e) = c.expect.as_mut().filter(|e| e.read == 0) {
+                        h.order += 1;
+                        e.read = h.order;
+                    }
+                }
+                if frame.is_empty() {
+                    h.server.remove(&conn);
+                    broker.connection_closed(ConnId(conn));
+                    break;
                 }
                 match broker.handle_frame(ConnId(conn), &frame, &clock) {
                     FrameOutcome::Pending => {
@@ -832,6 +895,10 @@ pub(crate) trait Wire: Sized {
         }
         let h = self.host();
         let c = h.conns.get_mut(&conn).expect("live");
+        if c.client_gone {
+            // Nobody reads it.
+            return;
+        }
         let seq = c.to_client_seq;
         c.to_client_seq += 1;
         let env = Envelope {
@@ -875,6 +942,9 @@ pub(crate) trait Wire: Sized {
                 }
                 Address::Client(_) => {
                     let c = h.conns.get_mut(&conn).expect("alive");
+                    if c.client_gone {
+                        continue;
+                    }
                     let client = c.client;
                     for frame in c.at_client.push(seq, data) {
                         if self.paused_until(client).is_some() {
@@ -914,7 +984,7 @@ pub(crate) trait Wire: Sized {
         }
         self.host().stats.timeouts += 1;
         if let Some(conn) = self.client_ref(c).conn {
-            self.host().reset_conn(conn, true);
+            self.host().client_close(conn);
         }
         self.client_error(c, "request timed out".to_string());
     }
@@ -958,9 +1028,17 @@ pub(crate) trait Wire: Sized {
             Ok(f) => f,
             Err(e) => return self.host().fail("protocol-error", format!("c{c}: {e}")),
         };
+        let stall = self.stall(c, &req);
         let h = self.host();
         h.stats.requests += 1;
         trace!(h, "c{c} -> {:?} v{version} corr={corr} {req:?}", req.key());
+        if stall > 0 {
+            trace!(
+                h,
+                "c{c}: that request is held up {} ms in the network",
+                stall / MS
+            );
+        }
         if req.unanswered() {
             let gap = self.unanswered_gap(c);
             self.wake(c, gap);
@@ -971,6 +1049,7 @@ pub(crate) trait Wire: Sized {
                 corr,
                 version,
                 serial: h.serial,
+                read: 0,
                 req,
             };
             let timeout = out.req.timeout_ms() * MS;
@@ -978,7 +1057,7 @@ pub(crate) trait Wire: Sized {
             h.conns.get_mut(&conn).expect("live").expect = Some(out.clone());
             self.client(c).out = Some(out);
         }
-        self.host().send_to_broker(conn, frame);
+        self.host().send_to_broker(conn, frame, stall);
     }
 
     fn client_step(&mut self, c: usize) {
@@ -1002,6 +1081,7 @@ pub(crate) trait Wire: Sized {
                 Conn {
                     client: c,
                     alive: true,
+                    client_gone: false,
                     to_broker_seq: 0,
                     to_client_seq: 0,
                     unread: 0,

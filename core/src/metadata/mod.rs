@@ -10,6 +10,7 @@ pub mod controller;
 pub mod image;
 pub mod quorum;
 pub mod records;
+pub mod rpc;
 
 #[cfg(test)]
 mod quorum_tests;

@@ -17,15 +17,20 @@ use std::collections::BTreeMap;
 
 use rand_core::RngCore;
 
+use super::controller::Refusal;
 use super::controller::{Controller, ControllerConfig};
 use super::image::MetadataImage;
 use super::records::{decode_batch, encode_batch, MetadataRecord};
+use super::rpc::{self, Request, Response};
 use crate::io::{Address, Envelope, Instant, NodeId};
 use crate::raft::{self, Apply, EntryKind, ProposeError, Raft, RaftError, RaftStore};
 
 /// Kafka's NOT_CONTROLLER: the request went to a node that is not (or no
 /// longer) the active controller.
 pub const NOT_CONTROLLER: i16 = 41;
+const UNKNOWN_SERVER_ERROR: i16 = -1;
+const INVALID_REQUEST: i16 = 42;
+const REQUEST_TIMED_OUT: i16 = 7;
 
 /// The first byte of every node-to-node payload says which protocol it
 /// belongs to, so later protocols share the connection.
@@ -37,6 +42,34 @@ pub struct QuorumConfig {
     pub controller: ControllerConfig,
     /// Applied entries between snapshots.
     pub snapshot_every: u64,
+}
+
+/// Who waits for a proposal.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Waiter<W> {
+    Driver(W),
+    Rpc(Box<RpcWaiter>),
+    /// The node's own proposals (fencing on a tick).
+    Nobody,
+}
+
+/// A controller request waiting for its records: where the answer goes,
+/// and the items already decided (refused ones) beside those in the batch.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct RpcWaiter {
+    to: NodeId,
+    correlation: u64,
+    kind: RpcKind,
+    /// Per item: `Some` if refused before proposing.
+    items: Vec<Option<Refusal>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum RpcKind {
+    Register(i32),
+    Heartbeat(i32),
+    Items,
+    ProducerIds(i64),
 }
 
 /// What became of a proposal.
@@ -58,7 +91,7 @@ pub struct QuorumNode<S: RaftStore, W> {
     controller: Option<Controller>,
     /// Proposals waiting for their entry to be applied: offset → the epoch
     /// they were proposed in, and who waits.
-    pending: BTreeMap<u64, (u64, Option<W>)>,
+    pending: BTreeMap<u64, (u64, Waiter<W>)>,
     done: Vec<(W, Outcome)>,
     /// Epoch of the last applied entry.
     applied_epoch: u64,
@@ -131,8 +164,18 @@ impl<S: RaftStore, W> QuorumNode<S, W> {
         payload: &[u8],
         rng: &mut R,
     ) -> Result<(), RaftError> {
-        if let Some((&CHANNEL_RAFT, msg)) = payload.split_first() {
-            self.raft.step_bytes(now, from, msg, rng)?;
+        match payload.split_first() {
+            Some((&CHANNEL_RAFT, msg)) => {
+                self.raft.step_bytes(now, from, msg, rng)?;
+            }
+            Some((&rpc::CHANNEL_CONTROLLER, _)) => {
+                if let Ok(rpc::Frame::Request(correlation, req)) = rpc::decode(payload) {
+                    self.serve(now, from, correlation, req, rng);
+                }
+                // Responses are for the broker side, not the quorum; and
+                // bytes that do not decode are dropped, as any bad message.
+            }
+            _ => {}
         }
         self.drain(now)
     }
@@ -149,7 +192,7 @@ impl<S: RaftStore, W> QuorumNode<S, W> {
         if !fences.is_empty() {
             // Not proposed (leadership just went) means the next
             // controller fences them after a full session of its own.
-            let _ = self.submit(now, fences, None);
+            let _ = self.submit(now, fences, Waiter::Nobody);
         }
         Ok(())
     }
@@ -163,14 +206,14 @@ impl<S: RaftStore, W> QuorumNode<S, W> {
         batch: Vec<MetadataRecord>,
         waiter: W,
     ) -> Result<u64, (i16, Option<NodeId>)> {
-        self.submit(now, batch, Some(waiter))
+        self.submit(now, batch, Waiter::Driver(waiter))
     }
 
     fn submit(
         &mut self,
         now: Instant,
         batch: Vec<MetadataRecord>,
-        waiter: Option<W>,
+        waiter: Waiter<W>,
     ) -> Result<u64, (i16, Option<NodeId>)> {
         let Some(controller) = self.controller.as_mut() else {
             return Err((NOT_CONTROLLER, self.raft.leader()));
@@ -198,6 +241,177 @@ impl<S: RaftStore, W> QuorumNode<S, W> {
     /// Messages for other nodes since the last call.
     pub fn take_messages(&mut self) -> Vec<Envelope> {
         std::mem::take(&mut self.outbox)
+    }
+
+    fn settle(&mut self, w: Waiter<W>, outcome: Outcome) {
+        match w {
+            Waiter::Driver(w) => self.done.push((w, outcome)),
+            Waiter::Nobody => {}
+            Waiter::Rpc(rw) => {
+                let resp = self.rpc_response(&rw, &outcome);
+                self.reply(rw.to, rw.correlation, &resp);
+            }
+        }
+    }
+
+    fn rpc_response(&self, rw: &RpcWaiter, outcome: &Outcome) -> Response {
+        let status = match outcome {
+            Outcome::Committed(_) => (0, String::new()),
+            Outcome::Refused(m) => (UNKNOWN_SERVER_ERROR, m.clone()),
+            Outcome::NotController => {
+                return Response::NotController(self.raft.leader());
+            }
+        };
+        let failed = status.0 != 0;
+        match rw.kind {
+            RpcKind::Register(id) => {
+                let epoch = self.image.brokers.get(&id).map_or(-1, |b| b.epoch);
+                if failed || epoch == -1 {
+                    // A retry of a registration still on its way to commit.
+                    let status = if failed {
+                        status
+                    } else {
+                        (
+                            REQUEST_TIMED_OUT,
+                            "the registration is not committed yet".into(),
+                        )
+                    };
+                    return Response::Register { status, epoch: -1 };
+                }
+                Response::Register { status, epoch }
+            }
+            RpcKind::Heartbeat(id) => Response::Heartbeat {
+                fenced: self.image.brokers.get(&id).is_none_or(|b| b.fenced),
+                status,
+            },
+            RpcKind::Items => Response::Items(
+                rw.items
+                    .iter()
+                    .map(|i| i.clone().unwrap_or_else(|| status.clone()))
+                    .collect(),
+            ),
+            RpcKind::ProducerIds(first) => Response::ProducerIds {
+                first: if failed { -1 } else { first },
+                count: if failed {
+                    0
+                } else {
+                    self.config.controller.producer_id_block
+                },
+                status,
+            },
+        }
+    }
+
+    fn reply(&mut self, to: NodeId, correlation: u64, resp: &Response) {
+        self.outbox.push(Envelope {
+            from: Address::Node(self.raft.node_id()),
+            to: Address::Node(to),
+            payload: rpc::encode_response(correlation, resp),
+        });
+    }
+
+    /// A controller request from node `from`: decided on the controller's
+    /// image, proposed, and answered once applied (or at once when there is
+    /// nothing to write or it is refused).
+    fn serve<R: RngCore>(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        correlation: u64,
+        req: Request,
+        rng: &mut R,
+    ) {
+        let Some(c) = self.controller.as_mut() else {
+            let leader = self.raft.leader();
+            return self.reply(from, correlation, &Response::NotController(leader));
+        };
+        let now_ms = now.as_millis();
+        let refused = |e: Refusal| Some((e.0, e.1));
+        let (batch, kind, items): (Vec<MetadataRecord>, RpcKind, Vec<Option<Refusal>>) = match &req
+        {
+            Request::Register(r) => match c.register(r, now_ms) {
+                Ok(b) => (b, RpcKind::Register(r.id), vec![]),
+                Err(e) => return self.reply(from, correlation, &Response::failed(&req, e)),
+            },
+            Request::Heartbeat(h) => match c.heartbeat(h, now_ms) {
+                Ok((b, _)) => (b, RpcKind::Heartbeat(h.id), vec![]),
+                Err(e) => return self.reply(from, correlation, &Response::failed(&req, e)),
+            },
+            Request::CreateTopics(ts) => {
+                let mut batch = Vec::new();
+                let mut items = Vec::new();
+                let mut seen = std::collections::BTreeSet::new();
+                for t in ts {
+                    if !seen.insert(t.name.as_str()) {
+                        items.push(Some((
+                            INVALID_REQUEST,
+                            format!("Topic {} is listed more than once.", t.name),
+                        )));
+                        continue;
+                    }
+                    match c.create_topic(t, rng) {
+                        Ok(b) => {
+                            batch.extend(b);
+                            items.push(None);
+                        }
+                        Err(e) => items.push(refused(e)),
+                    }
+                }
+                (batch, RpcKind::Items, items)
+            }
+            Request::DeleteTopics(names) => {
+                let mut batch = Vec::new();
+                let mut items = Vec::new();
+                let mut seen = std::collections::BTreeSet::new();
+                for n in names {
+                    match c.delete_topic(n) {
+                        Ok(b) if seen.insert(n.as_str()) => {
+                            batch.extend(b);
+                            items.push(None);
+                        }
+                        Ok(_) => items.push(Some((
+                            INVALID_REQUEST,
+                            format!("Topic {n} is listed more than once."),
+                        ))),
+                        Err(e) => items.push(refused(e)),
+                    }
+                }
+                (batch, RpcKind::Items, items)
+            }
+            Request::CreatePartitions {
+                topic,
+                count,
+                assignments,
+            } => match c.create_partitions(topic, *count, assignments.as_deref(), rng) {
+                Ok(b) => (b, RpcKind::Items, vec![None]),
+                Err(e) => (vec![], RpcKind::Items, vec![refused(e)]),
+            },
+            Request::AlterConfigs { resource, changes } => {
+                match c.alter_configs(resource, changes) {
+                    Ok(b) => (b, RpcKind::Items, vec![None]),
+                    Err(e) => (vec![], RpcKind::Items, vec![refused(e)]),
+                }
+            }
+            Request::AllocateProducerIds { broker } => {
+                let (b, first) = c.allocate_producer_ids(*broker);
+                (b, RpcKind::ProducerIds(first), vec![])
+            }
+        };
+        let rw = RpcWaiter {
+            to: from,
+            correlation,
+            kind,
+            items,
+        };
+        if batch.is_empty() {
+            // Nothing to write: decided on what the controller has.
+            let resp = self.rpc_response(&rw, &Outcome::Committed(0));
+            return self.reply(from, correlation, &resp);
+        }
+        if let Err((code, _)) = self.submit(now, batch, Waiter::Rpc(Box::new(rw))) {
+            let resp = Response::failed(&req, (code, "not the controller".into()));
+            self.reply(from, correlation, &resp);
+        }
     }
 
     /// Applies what Raft committed, queues its messages, starts or stops
@@ -234,8 +448,8 @@ impl<S: RaftStore, W> QuorumNode<S, W> {
                         .map(|(o, _)| *o)
                         .collect();
                     for o in settled {
-                        if let Some((_, Some(w))) = self.pending.remove(&o) {
-                            self.done.push((w, Outcome::NotController));
+                        if let Some((_, w)) = self.pending.remove(&o) {
+                            self.settle(w, Outcome::NotController);
                         }
                     }
                 }
@@ -262,7 +476,7 @@ impl<S: RaftStore, W> QuorumNode<S, W> {
                     };
                     self.applied_epoch = e.epoch;
                     self.since_snapshot += 1;
-                    if let Some((epoch, Some(w))) = self.pending.remove(&e.offset) {
+                    if let Some((epoch, w)) = self.pending.remove(&e.offset) {
                         let outcome = if epoch != e.epoch {
                             Outcome::NotController
                         } else {
@@ -271,7 +485,7 @@ impl<S: RaftStore, W> QuorumNode<S, W> {
                                 Err(m) => Outcome::Refused(m),
                             }
                         };
-                        self.done.push((w, outcome));
+                        self.settle(w, outcome);
                     }
                 }
             }
@@ -291,9 +505,7 @@ impl<S: RaftStore, W> QuorumNode<S, W> {
         if !leading {
             if self.controller.take().is_some() || !self.pending.is_empty() {
                 for (_, (_, w)) in std::mem::take(&mut self.pending) {
-                    if let Some(w) = w {
-                        self.done.push((w, Outcome::NotController));
-                    }
+                    self.settle(w, Outcome::NotController);
                 }
             }
             return;

@@ -10,6 +10,7 @@ use rand_core::SeedableRng;
 
 use super::controller::{Heartbeat, NewTopic, Registration};
 use super::quorum::{Outcome, QuorumConfig, QuorumNode};
+use super::rpc;
 use super::*;
 use crate::io::{Address, Instant};
 use crate::raft::{self, MemStore};
@@ -23,7 +24,12 @@ struct Net {
     now: Instant,
     rng: ChaCha8Rng,
     done: Vec<(u32, Outcome)>,
+    /// Controller-channel answers to the test's broker.
+    broker_inbox: Vec<Vec<u8>>,
 }
+
+/// A broker that is not a voter, talking to the quorum.
+const BROKER: i32 = 100;
 
 fn config(id: i32) -> QuorumConfig {
     QuorumConfig {
@@ -54,6 +60,7 @@ impl Net {
             now,
             rng,
             done: Vec::new(),
+            broker_inbox: Vec::new(),
         }
     }
 
@@ -75,6 +82,10 @@ impl Net {
                     let (Address::Node(from), Address::Node(to)) = (m.from, m.to) else {
                         continue;
                     };
+                    if to == BROKER {
+                        self.broker_inbox.push(m.payload);
+                        continue;
+                    }
                     if let Some(n) = self.nodes.get_mut(&to) {
                         n.step(self.now, from, &m.payload, &mut self.rng).unwrap();
                     }
@@ -270,4 +281,176 @@ fn a_follower_refuses_to_propose_and_names_the_leader() {
         .unwrap();
     let err = follower.propose(now, vec![], 1).unwrap_err();
     assert_eq!(err, (quorum::NOT_CONTROLLER, Some(leader)));
+}
+
+/// Sends `req` from the broker to node `to` and runs the network until an
+/// answer comes; follows NOT_CONTROLLER to the leader named.
+fn call(net: &mut Net, mut to: i32, req: &rpc::Request) -> rpc::Response {
+    for correlation in 0..10u64 {
+        let payload = rpc::encode_request(correlation, req);
+        let now = net.now;
+        net.nodes
+            .get_mut(&to)
+            .unwrap()
+            .step(now, BROKER, &payload, &mut net.rng)
+            .unwrap();
+        net.run(50);
+        let answers: Vec<rpc::Frame> = net
+            .broker_inbox
+            .drain(..)
+            .map(|p| rpc::decode(&p).expect("answers decode"))
+            .collect();
+        let [rpc::Frame::Response(c, resp)] = answers.as_slice() else {
+            panic!("one answer expected: {answers:?}");
+        };
+        assert_eq!(*c, correlation);
+        match resp {
+            rpc::Response::NotController(Some(l)) => to = *l,
+            other => return other.clone(),
+        }
+    }
+    panic!("no controller found");
+}
+
+#[test]
+fn brokers_reach_the_controller_through_any_node() {
+    let mut net = Net::new();
+    net.run(2_000);
+    let (leader, _) = net.controller();
+    let other = *net.nodes.keys().find(|id| **id != leader).unwrap();
+    let reg = rpc::Request::Register(Registration {
+        id: BROKER,
+        cluster_id: "c".into(),
+        incarnation: 77,
+        endpoints: vec![],
+        rack: None,
+    });
+    // Sent to a follower: redirected, then registered.
+    let rpc::Response::Register { status, epoch } = call(&mut net, other, &reg) else {
+        panic!("not a registration answer");
+    };
+    assert_eq!(status.0, 0, "{status:?}");
+    assert!(epoch >= 0);
+    // A retry of the same registration gets the same epoch.
+    assert_eq!(
+        call(&mut net, leader, &reg),
+        rpc::Response::Register {
+            status: (0, String::new()),
+            epoch
+        }
+    );
+    let offset = net.nodes[&leader].image().offset;
+    let hb = rpc::Request::Heartbeat(Heartbeat {
+        id: BROKER,
+        epoch,
+        metadata_offset: offset,
+        want_fence: false,
+    });
+    assert_eq!(
+        call(&mut net, leader, &hb),
+        rpc::Response::Heartbeat {
+            status: (0, String::new()),
+            fenced: false
+        }
+    );
+    let topic = |name: &str, partitions| NewTopic {
+        name: name.into(),
+        partitions,
+        replication_factor: 1,
+        assignments: BTreeMap::new(),
+        configs: BTreeMap::new(),
+    };
+    let create = rpc::Request::CreateTopics(vec![topic("x", 2), topic("x", 2), topic("bad", 0)]);
+    let rpc::Response::Items(items) = call(&mut net, other, &create) else {
+        panic!("not an items answer");
+    };
+    let codes: Vec<i16> = items.iter().map(|s| s.0).collect();
+    assert_eq!(codes, vec![0, 42, crate::kafka::error::INVALID_PARTITIONS]);
+    net.images_agree();
+    assert_eq!(
+        net.nodes[&other]
+            .image()
+            .topic("x")
+            .unwrap()
+            .partitions
+            .len(),
+        2
+    );
+    let pids = call(
+        &mut net,
+        leader,
+        &rpc::Request::AllocateProducerIds { broker: BROKER },
+    );
+    let rpc::Response::ProducerIds {
+        status,
+        first,
+        count,
+    } = pids
+    else {
+        panic!("not a producer ids answer");
+    };
+    assert_eq!((status.0, first, count), (0, 0, 1000));
+    let again = call(
+        &mut net,
+        leader,
+        &rpc::Request::AllocateProducerIds { broker: BROKER },
+    );
+    assert!(matches!(
+        again,
+        rpc::Response::ProducerIds { first: 1000, .. }
+    ));
+    // A stale epoch is refused with Kafka's code.
+    let stale = rpc::Request::Heartbeat(Heartbeat {
+        id: BROKER,
+        epoch: epoch - 1,
+        metadata_offset: 0,
+        want_fence: false,
+    });
+    let rpc::Response::Heartbeat { status, .. } = call(&mut net, leader, &stale) else {
+        panic!("not a heartbeat answer");
+    };
+    assert_eq!(status.0, controller::code::STALE_BROKER_EPOCH);
+}
+
+#[test]
+fn controller_frames_round_trip_and_refuse_corruption() {
+    let reqs = [
+        rpc::Request::Register(Registration {
+            id: 1,
+            cluster_id: "c".into(),
+            incarnation: 9,
+            endpoints: vec![Endpoint {
+                name: "PLAINTEXT".into(),
+                host: "h".into(),
+                port: 1,
+            }],
+            rack: Some("r".into()),
+        }),
+        rpc::Request::DeleteTopics(vec!["a".into(), "b".into()]),
+        rpc::Request::CreatePartitions {
+            topic: "t".into(),
+            count: 3,
+            assignments: Some(vec![vec![1, 2]]),
+        },
+        rpc::Request::AlterConfigs {
+            resource: ConfigResource::Topic("t".into()),
+            changes: vec![("a".into(), None), ("b".into(), Some("1".into()))],
+        },
+    ];
+    for (i, r) in reqs.iter().enumerate() {
+        let bytes = rpc::encode_request(i as u64, r);
+        assert_eq!(
+            rpc::decode(&bytes),
+            Ok(rpc::Frame::Request(i as u64, r.clone()))
+        );
+        for cut in 0..bytes.len() {
+            assert!(rpc::decode(&bytes[..cut]).is_err());
+        }
+    }
+    let resp = rpc::Response::Items(vec![(0, String::new()), (36, "exists".into())]);
+    let bytes = rpc::encode_response(5, &resp);
+    assert_eq!(rpc::decode(&bytes), Ok(rpc::Frame::Response(5, resp)));
+    let mut longer = bytes.clone();
+    longer.push(1);
+    assert!(rpc::decode(&longer).is_err());
 }

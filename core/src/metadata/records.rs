@@ -101,7 +101,28 @@ pub enum MetadataRecord {
 
 const BATCH_VERSION: u8 = 1;
 
-fn write_resource(w: &mut Writer, r: &ConfigResource) {
+pub(super) fn write_endpoints(w: &mut Writer, endpoints: &[Endpoint]) {
+    w.len(endpoints.len());
+    for e in endpoints {
+        w.str(&e.name);
+        w.str(&e.host);
+        w.i32(i32::from(e.port));
+    }
+}
+
+pub(super) fn read_endpoints(r: &mut Reader) -> Result<Vec<Endpoint>, BadRecord> {
+    let mut endpoints = Vec::new();
+    for _ in 0..r.len(8)? {
+        let name = r.str()?;
+        let host = r.str()?;
+        let port = u16::try_from(r.i32()?)
+            .map_err(|_| BadRecord("an endpoint's port is out of range".into()))?;
+        endpoints.push(Endpoint { name, host, port });
+    }
+    Ok(endpoints)
+}
+
+pub(super) fn write_resource(w: &mut Writer, r: &ConfigResource) {
     match r {
         ConfigResource::Cluster => w.i8(0),
         ConfigResource::Broker(id) => {
@@ -115,7 +136,7 @@ fn write_resource(w: &mut Writer, r: &ConfigResource) {
     }
 }
 
-fn read_resource(r: &mut Reader) -> Result<ConfigResource, BadRecord> {
+pub(super) fn read_resource(r: &mut Reader) -> Result<ConfigResource, BadRecord> {
     Ok(match r.i8()? {
         0 => ConfigResource::Cluster,
         1 => ConfigResource::Broker(r.i32()?),
@@ -131,12 +152,7 @@ fn write_record(w: &mut Writer, rec: &MetadataRecord) {
             w.i32(b.id);
             w.u128(b.incarnation);
             w.i64(b.epoch);
-            w.len(b.endpoints.len());
-            for e in &b.endpoints {
-                w.str(&e.name);
-                w.str(&e.host);
-                w.i32(i32::from(e.port));
-            }
+            write_endpoints(w, &b.endpoints);
             w.opt_str(b.rack.as_deref());
             w.bool(b.fenced);
         }
@@ -222,14 +238,7 @@ fn read_record(r: &mut Reader) -> Result<MetadataRecord, BadRecord> {
             let id = r.i32()?;
             let incarnation = r.u128()?;
             let epoch = r.i64()?;
-            let mut endpoints = Vec::new();
-            for _ in 0..r.len(8)? {
-                let name = r.str()?;
-                let host = r.str()?;
-                let port = u16::try_from(r.i32()?)
-                    .map_err(|_| BadRecord("an endpoint's port is out of range".into()))?;
-                endpoints.push(Endpoint { name, host, port });
-            }
+            let endpoints = read_endpoints(r)?;
             let rack = r.opt_str()?;
             let fenced = r.bool()?;
             MetadataRecord::RegisterBroker(BrokerRegistration {

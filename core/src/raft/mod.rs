@@ -88,7 +88,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// The offset of the first entry after the snapshot.
     pub fn end(&self) -> u64 {
-        self.last_offset + 1
+        self.last_offset.saturating_add(1)
     }
 }
 

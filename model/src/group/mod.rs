@@ -507,11 +507,11 @@ impl Outcome {
             .map(|(_, t)| t.as_slice())
     }
 
-    /// One line for a report. The caller times the run: the model crate
-    /// does not read the wall clock.
-    pub fn summary(&self, secs: f64) -> String {
+    /// One line for a report. No time in it: the model crate does not
+    /// read the wall clock; time a run from outside (`time cargo run ...`).
+    pub fn summary(&self) -> String {
         format!(
-            "{} within {} steps checked: {} states generated, {} unique, {:.2} s ({:.0} states/s)",
+            "{} within {} steps checked: {} states generated, {} unique",
             if self.exact {
                 "every state"
             } else {
@@ -520,8 +520,6 @@ impl Outcome {
             self.depth,
             self.states,
             self.unique_states,
-            secs,
-            self.states as f64 / secs.max(1e-9),
         )
     }
 }

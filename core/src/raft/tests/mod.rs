@@ -1,3 +1,4 @@
+mod cluster;
 mod codec;
 mod harness;
 mod scenarios;

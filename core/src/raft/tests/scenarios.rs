@@ -434,6 +434,45 @@ fn a_failed_vote_write_grants_nothing() {
 }
 
 #[test]
+fn a_vote_survives_power_loss() {
+    let mut rng = rand_chacha::ChaCha8Rng::from_seed_u64(8);
+    let vote = |epoch| Message {
+        epoch,
+        body: Body::Vote {
+            last_epoch: 0,
+            log_end: 0,
+        },
+    };
+    let granted = |r: &mut Raft<MemStore>| {
+        r.take_ready()
+            .messages
+            .iter()
+            .any(|m| matches!(m.msg.body, Body::VoteResponse { granted: true }))
+    };
+    let t = Instant::from_millis(1);
+    let mut r = Raft::new(MemStore::new(), config(1, 3), t, &mut rng).unwrap();
+    // Learn epoch 4 first, so the vote is a change within the epoch.
+    let news = Message {
+        epoch: 4,
+        body: Body::VoteResponse { granted: false },
+    };
+    r.step(t, 3, news, &mut rng).unwrap();
+    assert_eq!((r.epoch(), r.voted_for()), (4, None));
+    r.step(t, 2, vote(4), &mut rng).unwrap();
+    assert!(granted(&mut r));
+    // Power loss losing everything unsynced; the vote must still be there.
+    let mut store = r.into_store();
+    store.crash(0);
+    let mut r = Raft::new(store, config(1, 3), t, &mut rng).unwrap();
+    assert_eq!((r.epoch(), r.voted_for()), (4, Some(2)));
+    r.step(t, 3, vote(4), &mut rng).unwrap();
+    assert!(!granted(&mut r), "voted twice in epoch 4");
+    // The same candidate asking again (its request duplicated) is fine.
+    r.step(t, 2, vote(4), &mut rng).unwrap();
+    assert!(granted(&mut r));
+}
+
+#[test]
 fn messages_from_strangers_and_self_are_ignored() {
     let mut rng = rand_chacha::ChaCha8Rng::from_seed_u64(5);
     let mut r = Raft::new(MemStore::new(), config(1, 3), Instant::ZERO, &mut rng).unwrap();
@@ -545,4 +584,13 @@ impl SeedU64 for rand_chacha::ChaCha8Rng {
     fn from_seed_u64(seed: u64) -> Self {
         <Self as rand_core::SeedableRng>::seed_from_u64(seed)
     }
+}
+
+/// A model checker keeps whole nodes in its states.
+#[test]
+fn a_node_on_a_mem_store_is_a_value() {
+    fn value<T: Clone + std::fmt::Debug + Eq + std::hash::Hash>() {}
+    value::<Raft<MemStore>>();
+    value::<crate::raft::Message>();
+    value::<crate::raft::Ready>();
 }
