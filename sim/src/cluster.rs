@@ -68,21 +68,20 @@ use crate::trace::Trace;
 use crate::{FaultKind, RunOptions, RunReport, Workload};
 use odradek_core::io::{Address, Envelope, Instant, NodeId, Random, TimerQueue};
 use odradek_core::metadata::controller::{code, Heartbeat, NewTopic, Registration};
-use odradek_core::metadata::quorum::{Outcome, QuorumConfig, QuorumNode, NOT_CONTROLLER};
-use odradek_core::metadata::{ControllerConfig, Endpoint, MetadataImage};
+use odradek_core::metadata::quorum::{QuorumConfig, QuorumNode};
+use odradek_core::metadata::rpc::{self, Frame, Request, Response, CHANNEL_CONTROLLER};
+use odradek_core::metadata::{
+    decode_batch, ControllerConfig, Endpoint, MetadataImage, MetadataRecord,
+};
 use odradek_core::raft::{self, DiskStore, EntryKind, RaftError, Role, StoreError};
 use odradek_nemesis::{ClusterSwarm, Fault, NetFaults, Schedule};
 use rand_chacha::ChaCha8Rng;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::{Hash, Hasher};
 
 const MS: u64 = 1_000_000;
 const RAFT_DIR: &str = "raft";
 const CLUSTER_ID: &str = "sim-cluster";
-/// The simulator's own channels on the node-to-node connection (Raft's is
-/// 0): a request to the controller, and its answer.
-const CHANNEL_REQUEST: u8 = 1;
-const CHANNEL_REPLY: u8 = 2;
 /// How long after faults stop the cluster has to elect, converge and
 /// commit a topic creation.
 const LIVENESS_MS: u64 = 20_000;
@@ -97,83 +96,57 @@ const MAX_EVENTS: u64 = 1_000_000;
 /// Simulated wall clock at time zero: 2026-01-01T00:00:00Z.
 const EPOCH_WALL_MS: i64 = 1_767_225_600_000;
 
-type Waiter = u64;
-type Quorum = QuorumNode<DiskStore<SimDisk>, Waiter>;
+type Quorum = QuorumNode<DiskStore<SimDisk>, ()>;
 
-// ---- the simulator's controller RPC -----------------------------------------
+/// Who waits for the answer to a controller request sent from `node` in
+/// its process life `life` (an answer reaching a later life is dropped, as
+/// the connection it was for died with the process).
+#[derive(Clone, Debug)]
+struct Pending {
+    node: NodeId,
+    life: u64,
+    who: Who,
+}
 
 #[derive(Clone, Debug)]
-enum Request {
-    Register {
-        broker: NodeId,
-        incarnation: u128,
-    },
-    Heartbeat {
-        broker: NodeId,
-        epoch: i64,
-        metadata_offset: i64,
-    },
-    ProducerIds {
-        broker: NodeId,
-    },
-    CreateTopic {
-        name: String,
-        partitions: i32,
-        replication_factor: i16,
-    },
-    DeleteTopic {
-        name: String,
-    },
+enum Who {
+    Broker,
+    /// An admin's request, forwarded by the broker on `node`.
+    Admin(usize, AdminOp),
 }
 
 /// Every field shows in the trace.
 #[allow(dead_code)]
 #[derive(Clone, Debug)]
-enum Reply {
-    Registered {
-        epoch: i64,
-    },
-    Heartbeat {
-        fenced: bool,
-    },
-    ProducerIds {
-        first: i64,
-    },
-    /// A topic created or deleted: committed at this offset.
-    Done {
-        offset: u64,
-    },
-    Error {
-        code: i16,
-        message: String,
-        leader: Option<NodeId>,
-    },
+enum AdminOp {
+    Create(String),
+    Delete(String),
+    /// The liveness phase's topic creation.
+    Final(String),
 }
 
-/// A message on the simulator's channels. Payloads carry only an id into
-/// the run's table of these, so nothing needs a codec, and a duplicated
-/// message is the same message twice.
-#[derive(Clone, Debug)]
-enum Rpc {
-    Request {
-        id: u64,
-        from: Address,
-        req: Request,
-    },
-    Reply {
-        id: u64,
-        reply: Reply,
-    },
-}
-
-/// A proposal waiting for its outcome: what to answer when it commits.
-struct Proposal {
-    from: Address,
-    node: NodeId,
-    epoch: u64,
-    on_commit: Reply,
-    /// For a producer id block, its range.
-    ids: Option<(i64, i64)>,
+/// A short form of a controller request, for the trace.
+fn describe_request(req: &Request) -> String {
+    match req {
+        Request::Register(r) => format!("Register(b{} inc {:08x})", r.id, r.incarnation as u32),
+        Request::Heartbeat(h) => format!(
+            "Heartbeat(b{} epoch {} at {}{})",
+            h.id,
+            h.epoch,
+            h.metadata_offset,
+            if h.want_fence { " want fence" } else { "" }
+        ),
+        Request::CreateTopics(ts) => {
+            let names: Vec<String> = ts
+                .iter()
+                .map(|t| format!("{}[{}x{}]", t.name, t.partitions, t.replication_factor))
+                .collect();
+            format!("CreateTopics({})", names.join(", "))
+        }
+        Request::DeleteTopics(ns) => format!("DeleteTopics({})", ns.join(", ")),
+        Request::AllocateProducerIds { broker } => format!("AllocateProducerIds(b{broker})"),
+        other => format!("{other:?}"),
+    }
 }
 
 // ---- nodes ------------------------------------------------------------------
@@ -211,11 +184,12 @@ impl NodeClock {
     }
 }
 
-/// A client that creates and deletes topics, one request at a time.
+/// A client that creates and deletes topics, one request at a time,
+/// through any broker (which forwards it to the controller).
 #[derive(Default)]
 struct Admin {
+    /// Correlation id and send time of the request in flight.
     outstanding: Option<(u64, u64)>,
-    target: Option<NodeId>,
 }
 
 #[derive(Default)]
@@ -225,8 +199,6 @@ struct Broker {
     epoch: Option<i64>,
     fenced: bool,
     outstanding: Option<(u64, u64)>,
-    /// Where its requests go: the node it believes is the controller.
-    target: Option<NodeId>,
 }
 
 /// What the checker saw of one node in its current process life.
@@ -297,6 +269,9 @@ struct SimNode {
     clock: NodeClock,
     wall_offset_ms: i64,
     broker: Broker,
+    /// The controller this node's broker last heard of (a NOT_CONTROLLER
+    /// answer names it).
+    hint: Option<NodeId>,
     seen: Seen,
     /// The highest epoch, and the vote in it, the node had made durable.
     promised_epoch: u64,
@@ -340,8 +315,8 @@ enum Phase {
     Converge,
     /// The final topic creation is on its way.
     Create,
-    /// It committed at this offset: waiting for every node to apply it.
-    Apply(u64),
+    /// It committed: waiting for every node to apply it.
+    Apply,
     Done,
 }
 
@@ -384,20 +359,19 @@ struct Run {
     queue: TimerQueue<Ev>,
     phase: Phase,
     violation: Option<String>,
-    // RPC
-    next_msg: u64,
-    msgs: BTreeMap<u64, Rpc>,
-    next_rpc: u64,
-    proposals: BTreeMap<(Waiter, NodeId, u64), Proposal>,
+    // The controller channel.
+    next_correlation: u64,
+    pending: BTreeMap<u64, Pending>,
     admins: Vec<Admin>,
     final_attempt: u64,
-    final_rpc: Option<u64>,
     // checker
     leaders: BTreeMap<u64, NodeId>,
     known: BTreeMap<(u64, u64), KnownEntry>,
     committed: BTreeMap<u64, Committed>,
     images: BTreeMap<i64, u64>,
     producer_blocks: BTreeMap<i64, i64>,
+    /// Names of the topics committed entries created.
+    committed_topics: BTreeSet<String>,
     stats: Stats,
 }
 
@@ -559,6 +533,7 @@ pub fn run(opts: &RunOptions) -> RunReport {
                 },
                 wall_offset_ms: 0,
                 broker: Broker::default(),
+                hint: None,
                 seen: Seen::default(),
                 promised_epoch: 0,
                 promised_vote: None,
@@ -579,18 +554,16 @@ pub fn run(opts: &RunOptions) -> RunReport {
         queue: TimerQueue::new(),
         phase: Phase::Safety,
         violation: None,
-        next_msg: 0,
-        msgs: BTreeMap::new(),
-        next_rpc: 0,
-        proposals: BTreeMap::new(),
+        next_correlation: 0,
+        pending: BTreeMap::new(),
         admins: (0..admins).map(|_| Admin::default()).collect(),
         final_attempt: 0,
-        final_rpc: None,
         leaders: BTreeMap::new(),
         known: BTreeMap::new(),
         committed: BTreeMap::new(),
         images: BTreeMap::new(),
         producer_blocks: BTreeMap::new(),
+        committed_topics: BTreeSet::new(),
         stats: Stats::default(),
     };
     run.main();
@@ -786,7 +759,7 @@ impl Run {
                     let stage = match self.phase {
                         Phase::Converge => "no leader with converged images",
                         Phase::Create => "the final topic creation never committed",
-                        Phase::Apply(_) => "the final topic creation did not reach every node",
+                        Phase::Apply => "the final topic creation did not reach every node",
                         _ => "the cluster did not settle",
                     };
                     self.fail(
@@ -968,6 +941,7 @@ impl Run {
         n.paused_until = None;
         n.tick_at = None;
         n.broker = Broker::default();
+        n.hint = None;
         if power_loss {
             n.disk.crash();
         } else {
@@ -985,25 +959,25 @@ impl Run {
             return;
         };
         let msgs = q.take_messages();
-        let done = q.take_done();
+        // The driver proposes nothing itself: requests come through the
+        // controller channel and are answered by the node.
+        let _ = q.take_done();
         let poisoned = q.raft().is_poisoned();
-        for env in msgs {
-            self.net.submit(Instant(now + busy), env);
-        }
         if let Err(e) = &result {
             trace!(self, "n{id} store failed: {e}");
         }
         if result.is_err() || poisoned {
             // Poisoned: what the node remembers may not be on disk. It is
-            // dropped and opened again from its disk, as after a crash.
+            // dropped and opened again from its disk, as after a crash; what
+            // it was about to send dies with it.
             self.node_mut(id).synced = None;
             self.stop(id, false, "failed");
             self.node_mut(id).restart_queued = true;
             self.at(now + busy + 10 * MS, Ev::Restart(id));
-            // Its finished proposals go unanswered: their requesters time
-            // out, as when a process dies before it answers.
-            drop(done);
             return;
+        }
+        for env in msgs {
+            self.net.submit(Instant(now + busy), env);
         }
         let n = self.node_mut(id);
         n.busy_until = now + busy;
@@ -1011,7 +985,6 @@ impl Run {
         let deadline = q.next_deadline().0;
         n.tick_at = Some(n.clock.global(deadline));
         self.observe(id);
-        self.answer_done(id, done, now + busy);
     }
 
     fn node_work(&mut self, id: NodeId) {
@@ -1020,23 +993,36 @@ impl Run {
         n.disk.set_now(now);
         let local = Instant(n.clock.local(now));
         if let Some(env) = n.inbox.pop_front() {
-            match (env.payload.first(), env.from) {
-                (Some(&CHANNEL_REQUEST) | Some(&CHANNEL_REPLY), _) => {
-                    let msg = env
-                        .payload
-                        .get(1..9)
-                        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
-                    if let Some(m) = msg {
-                        self.on_rpc(id, m);
-                    }
+            let Address::Node(from) = env.from else {
+                return;
+            };
+            let frame = if env.payload.first() == Some(&CHANNEL_CONTROLLER) {
+                rpc::decode(&env.payload).ok()
+            } else {
+                None
+            };
+            match frame {
+                // An answer for this node's broker (or a client it forwarded
+                // for): the broker's business, not the quorum's.
+                Some(Frame::Response(correlation, resp)) => {
+                    self.on_response(id, from, correlation, resp);
                 }
-                (_, Address::Node(from)) => {
-                    let (kind, epoch) = raft_kind(&env.payload);
-                    trace!(
-                        self,
-                        "n{id}<-n{from} {kind} e{epoch} {}B",
-                        env.payload.len()
-                    );
+                _ => {
+                    match &frame {
+                        Some(Frame::Request(c, req)) => trace!(
+                            self,
+                            "n{id}<-n{from} controller request #{c} {}",
+                            describe_request(req)
+                        ),
+                        _ => {
+                            let (kind, epoch) = raft_kind(&env.payload);
+                            trace!(
+                                self,
+                                "n{id}<-n{from} {kind} e{epoch} {}B",
+                                env.payload.len()
+                            );
+                        }
+                    }
                     self.stats.steps += 1;
                     let n = self.node_mut(id);
                     let q = n.q.as_mut().expect("runnable");
@@ -1044,7 +1030,6 @@ impl Run {
                     let busy = n.disk.take_busy_ns();
                     self.after_step(id, r, busy);
                 }
-                _ => {}
             }
             return;
         }
@@ -1071,15 +1056,9 @@ impl Run {
                         n.inbox.push_back(env);
                     }
                 }
-                Address::Client(c) => {
-                    if let Some(m) = env
-                        .payload
-                        .get(1..9)
-                        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
-                    {
-                        self.on_admin_reply(c as usize, m);
-                    }
-                }
+                // Clients talk to their broker, which the simulator runs
+                // inside the node: nothing is addressed to them.
+                Address::Client(_) => {}
             }
         }
     }
@@ -1273,18 +1252,16 @@ impl Run {
                     self.admin_tick(0);
                 }
             }
-            Phase::Apply(offset) => {
+            Phase::Apply => {
+                let name = self.final_name();
                 let everywhere = healthy.iter().all(|&id| {
-                    self.node(id).q.as_ref().is_some_and(|q| {
-                        q.image().offset >= offset as i64
-                            && q.image().topic(&self.final_name()).is_some()
-                    })
+                    self.node(id)
+                        .q
+                        .as_ref()
+                        .is_some_and(|q| q.image().topic(&name).is_some())
                 });
                 if everywhere {
-                    trace!(
-                        self,
-                        "the final topic creation (offset {offset}) reached every node"
-                    );
+                    trace!(self, "the final topic creation ({name}) reached every node");
                     self.final_checks();
                     self.finish();
                     return;
@@ -1485,10 +1462,25 @@ impl Run {
                         format!("n{id}'s high watermark went from {} to {hw}", n.seen.hw),
                     ));
                 } else {
+                    // Entries applied and compacted in this very step are
+                    // gone from the log; the snapshot's last entry and the
+                    // chain of epochs every log held before it (log
+                    // matching, checked above) say what they were.
+                    let mut compacted = BTreeMap::new();
+                    if let Some((so, se)) = snap {
+                        let mut at = (so, se);
+                        while at.0 >= n.seen.hw && r.entry(at.0).is_none() {
+                            compacted.insert(at.0, at.1);
+                            match self.known.get(&at) {
+                                Some(k) if at.0 > 0 => at = (at.0 - 1, k.prev_epoch),
+                                _ => break,
+                            }
+                        }
+                    }
                     for o in n.seen.hw..hw {
-                        let e = match (r.entry(o), snap) {
+                        let e = match (r.entry(o), compacted.get(&o)) {
                             (Some(e), _) => e.epoch,
-                            (None, Some((so, se))) if so == o => se,
+                            (None, Some(&e)) => e,
                             _ => continue,
                         };
                         match self.committed.get(&o) {
@@ -1512,6 +1504,15 @@ impl Run {
                                     },
                                 );
                                 new_commits.push((o, epoch));
+                                if let Some(k) = self.known.get(&(o, e)) {
+                                    if k.kind == EntryKind::Data {
+                                        for rec in decode_batch(&k.data).unwrap_or_default() {
+                                            if let MetadataRecord::Topic { name, .. } = rec {
+                                                self.committed_topics.insert(name);
+                                            }
+                                        }
+                                    }
+                                }
                             }
                         }
                     }
@@ -1662,275 +1663,63 @@ impl Run {
         None
     }
 
-    // ---- the controller RPC ------------------------------------------------
+    // ---- the controller channel --------------------------------------------
 
-    fn send_rpc(&mut self, from: Address, to: NodeId, rpc: Rpc, at: u64) {
-        let id = self.next_msg;
-        self.next_msg += 1;
-        let channel = match rpc {
-            Rpc::Request { .. } => CHANNEL_REQUEST,
-            Rpc::Reply { .. } => CHANNEL_REPLY,
-        };
-        self.msgs.insert(id, rpc);
-        let mut payload = vec![channel];
-        payload.extend_from_slice(&id.to_be_bytes());
-        let to_addr = Address::Node(to);
-        self.net.submit(
-            Instant(at),
-            Envelope {
-                from,
-                to: to_addr,
-                payload,
-            },
-        );
-    }
-
-    fn send_reply(&mut self, node: NodeId, to: Address, id: u64, reply: Reply, at: u64) {
-        trace!(self, "n{node} answers {to:?} #{id}: {reply:?}");
-        let msg = self.next_msg;
-        self.next_msg += 1;
-        self.msgs.insert(msg, Rpc::Reply { id, reply });
-        let mut payload = vec![CHANNEL_REPLY];
-        payload.extend_from_slice(&msg.to_be_bytes());
-        self.net.submit(
-            Instant(at),
-            Envelope {
-                from: Address::Node(node),
-                to,
-                payload,
-            },
-        );
-    }
-
-    /// A message on the simulator's channels reached node `id`.
-    fn on_rpc(&mut self, id: NodeId, msg: u64) {
-        match self.msgs.get(&msg).cloned() {
-            Some(Rpc::Request { id: rpc, from, req }) => self.on_request(id, rpc, from, req),
-            Some(Rpc::Reply { id: rpc, reply }) => self.on_broker_reply(id, rpc, reply),
-            None => {}
-        }
-    }
-
-    fn on_request(&mut self, c: NodeId, rpc: u64, from: Address, req: Request) {
+    /// Sends a controller request from node `from`'s broker to the node it
+    /// believes is the controller (any node, when it knows of none).
+    fn send_request(&mut self, from: NodeId, req: Request, who: Who) -> u64 {
         let now = self.now;
-        trace!(self, "n{c} <- {from:?} #{rpc} {req:?}");
-        let racks = self.p.racks;
-        let n = self.nodes.get_mut(&c).expect("node");
-        let local = Instant(n.clock.local(now));
-        let now_ms = local.as_millis();
-        let q = n.q.as_mut().expect("runnable");
-        let leader = q.leader();
-        let Some(ctl) = q.controller_mut() else {
-            let reply = Reply::Error {
-                code: NOT_CONTROLLER,
-                message: "not the controller".into(),
-                leader,
-            };
-            return self.send_reply(c, from, rpc, reply, now);
-        };
-        let mut ids = None;
-        let decided: Result<(Vec<_>, Reply), (i16, String)> = match &req {
-            Request::Register {
-                broker,
-                incarnation,
-            } => {
-                let reg = Registration {
-                    id: *broker,
-                    cluster_id: CLUSTER_ID.into(),
-                    incarnation: *incarnation,
-                    endpoints: vec![Endpoint {
-                        name: "PLAINTEXT".into(),
-                        host: format!("n{broker}"),
-                        port: 9092,
-                    }],
-                    rack: (racks > 0).then(|| format!("r{}", *broker as u64 % racks)),
-                };
-                ctl.register(&reg, now_ms).map(|batch| {
-                    let epoch = ctl.image().brokers.get(broker).map_or(-1, |b| b.epoch);
-                    (batch, Reply::Registered { epoch })
-                })
-            }
-            Request::Heartbeat {
-                broker,
-                epoch,
-                metadata_offset,
-            } => ctl
-                .heartbeat(
-                    &Heartbeat {
-                        id: *broker,
-                        epoch: *epoch,
-                        metadata_offset: *metadata_offset,
-                        want_fence: false,
-                    },
-                    now_ms,
-                )
-                .map(|(batch, r)| (batch, Reply::Heartbeat { fenced: r.fenced })),
-            Request::ProducerIds { broker } => {
-                let (batch, first) = ctl.allocate_producer_ids(*broker);
-                ids = Some((first, first + ctl.config.producer_id_block));
-                Ok((batch, Reply::ProducerIds { first }))
-            }
-            Request::CreateTopic {
-                name,
-                partitions,
-                replication_factor,
-            } => ctl
-                .create_topic(
-                    &NewTopic {
-                        name: name.clone(),
-                        partitions: *partitions,
-                        replication_factor: *replication_factor,
-                        assignments: BTreeMap::new(),
-                        configs: BTreeMap::new(),
-                    },
-                    &mut self.rng,
-                )
-                .map(|b| (b, Reply::Done { offset: 0 })),
-            Request::DeleteTopic { name } => ctl
-                .delete_topic(name)
-                .map(|b| (b, Reply::Done { offset: 0 })),
-        };
-        let (batch, reply) = match decided {
-            Ok(x) => x,
-            Err((code, message)) => {
-                let reply = Reply::Error {
-                    code,
-                    message,
-                    leader: Some(c),
-                };
-                return self.send_reply(c, from, rpc, reply, now);
-            }
-        };
-        if batch.is_empty() {
-            return self.send_reply(c, from, rpc, reply, now);
-        }
-        let n = self.nodes.get_mut(&c).expect("node");
-        let q = n.q.as_mut().expect("runnable");
-        let proposed = q.propose(local, batch, rpc);
-        let epoch = q.raft().epoch();
-        let busy = n.disk.take_busy_ns();
-        match proposed {
-            Ok(offset) => {
-                trace!(self, "n{c} proposes #{rpc} at {offset} in e{epoch}");
-                self.proposals.insert(
-                    (rpc, c, offset),
-                    Proposal {
-                        from,
-                        node: c,
-                        epoch,
-                        on_commit: reply,
-                        ids,
-                    },
-                );
-                self.after_step(c, Ok(()), busy);
-            }
-            Err((code, leader)) => {
-                let reply = Reply::Error {
-                    code,
-                    message: "proposal refused".into(),
-                    leader,
-                };
-                self.send_reply(c, from, rpc, reply, now + busy);
-                self.after_step(c, Ok(()), busy);
-            }
-        }
+        let pick = self.rng.below(self.p.nodes as u64) as NodeId + 1;
+        let correlation = self.next_correlation;
+        self.next_correlation += 1;
+        let n = self.node(from);
+        let leader = n.q.as_ref().and_then(|q| q.leader());
+        let to = leader.or(n.hint).unwrap_or(pick);
+        let life = n.life;
+        trace!(
+            self,
+            "n{from} -> n{to} controller request #{correlation} {}",
+            describe_request(&req)
+        );
+        self.pending.insert(
+            correlation,
+            Pending {
+                node: from,
+                life,
+                who,
+            },
+        );
+        self.net.submit(
+            Instant(now),
+            Envelope {
+                from: Address::Node(from),
+                to: Address::Node(to),
+                payload: rpc::encode_request(correlation, &req),
+            },
+        );
+        correlation
     }
 
-    /// Answers the proposals node `id` finished.
-    fn answer_done(&mut self, id: NodeId, done: Vec<(Waiter, Outcome)>, at: u64) {
-        for (rpc, outcome) in done {
-            let key = match &outcome {
-                Outcome::Committed(o) => Some((rpc, id, *o)),
-                _ => None,
-            };
-            match outcome {
-                Outcome::Committed(o) => {
-                    let Some(p) = key.and_then(|k| self.proposals.remove(&k)) else {
-                        continue;
-                    };
-                    self.stats.acked += 1;
-                    // What the controller promises: its entry is the one
-                    // committed at that offset.
-                    if !self.committed.contains_key(&o) {
-                        // Applied and compacted in the same step, so the
-                        // checker never saw it below a high watermark: the
-                        // outcome itself says it committed in its epoch.
-                        self.committed.insert(
-                            o,
-                            Committed {
-                                epoch: p.epoch,
-                                by: p.epoch,
-                            },
-                        );
-                    }
-                    match self.committed.get(&o) {
-                        Some(c) if c.epoch == p.epoch => {}
-                        other => {
-                            let got = other.map(|c| c.epoch);
-                            return self.fail(
-                                "lost-write",
-                                format!(
-                                    "n{} acknowledged #{rpc} at {o} (proposed in e{}), but the entry committed there is from {got:?}",
-                                    p.node, p.epoch
-                                ),
-                            );
-                        }
-                    }
-                    if let Some((first, end)) = p.ids {
-                        let overlap = self
-                            .producer_blocks
-                            .range(..end)
-                            .next_back()
-                            .filter(|(_, e)| **e > first)
-                            .map(|(f, e)| (*f, *e));
-                        if let Some((f, e)) = overlap {
-                            return self.fail(
-                                "duplicate-producer-ids",
-                                format!(
-                                    "producer ids {first}..{end} granted at {o} overlap {f}..{e} granted before"
-                                ),
-                            );
-                        }
-                        self.producer_blocks.insert(first, end);
-                    }
-                    let reply = match p.on_commit {
-                        Reply::Registered { .. } => Reply::Registered { epoch: o as i64 },
-                        Reply::Done { .. } => Reply::Done { offset: o },
-                        r => r,
-                    };
-                    self.send_reply(id, p.from, rpc, reply, at);
-                }
-                Outcome::Refused(m) => {
-                    let from = self.requester(rpc);
-                    let reply = Reply::Error {
-                        code: -1,
-                        message: format!("refused by the image: {m}"),
-                        leader: Some(id),
-                    };
-                    if let Some(from) = from {
-                        self.send_reply(id, from, rpc, reply, at);
-                    }
-                }
-                Outcome::NotController => {
-                    let from = self.requester(rpc);
-                    let reply = Reply::Error {
-                        code: NOT_CONTROLLER,
-                        message: "leadership lost; outcome unknown".into(),
-                        leader: None,
-                    };
-                    if let Some(from) = from {
-                        self.send_reply(id, from, rpc, reply, at);
-                    }
-                }
-            }
+    /// An answer from the controller channel reached node `id`.
+    fn on_response(&mut self, id: NodeId, from: NodeId, correlation: u64, resp: Response) {
+        trace!(
+            self,
+            "n{id}<-n{from} controller answer #{correlation} {resp:?}"
+        );
+        let Some(p) = self.pending.get(&correlation).cloned() else {
+            return;
+        };
+        if p.node != id || self.node(id).life != p.life {
+            return;
         }
-    }
-
-    fn requester(&self, rpc: u64) -> Option<Address> {
-        self.proposals
-            .range((rpc, NodeId::MIN, 0)..=(rpc, NodeId::MAX, u64::MAX))
-            .next()
-            .map(|(_, p)| p.from)
+        self.pending.remove(&correlation);
+        if let Response::NotController(leader) = resp {
+            self.node_mut(id).hint = leader;
+        }
+        match p.who {
+            Who::Broker => self.on_broker_answer(id, correlation, resp),
+            Who::Admin(c, op) => self.on_admin_answer(c, correlation, op, resp),
+        }
     }
 
     // ---- brokers -----------------------------------------------------------
@@ -1949,77 +1738,121 @@ impl Run {
         if paused {
             return;
         }
-        let mut want_ids = self.rng.chance(0.03);
-        let pick = self.rng.below(self.p.nodes as u64) as NodeId + 1;
+        let want_ids = self.rng.chance(0.03);
+        let racks = self.p.racks;
         let n = self.node_mut(id);
         if let Some((_, sent)) = n.broker.outstanding {
             if now < sent + BROKER_TIMEOUT_MS * MS {
                 return;
             }
             n.broker.outstanding = None;
-            n.broker.target = None;
+            n.hint = None;
         }
-        let q = n.q.as_ref().expect("up");
-        let target = q.leader().or(n.broker.target).unwrap_or(pick);
-        let image_offset = q.image().offset;
+        let image_offset = n.q.as_ref().expect("up").image().offset;
         let req = match n.broker.epoch {
-            None => {
-                want_ids = false;
-                Request::Register {
-                    broker: id,
-                    incarnation: n.broker.incarnation,
-                }
-            }
-            Some(epoch) if !want_ids || n.broker.fenced => {
-                want_ids = false;
-                Request::Heartbeat {
-                    broker: id,
-                    epoch,
-                    metadata_offset: image_offset,
-                }
-            }
-            Some(_) => Request::ProducerIds { broker: id },
+            None => Request::Register(Registration {
+                id,
+                cluster_id: CLUSTER_ID.into(),
+                incarnation: n.broker.incarnation,
+                endpoints: vec![Endpoint {
+                    name: "PLAINTEXT".into(),
+                    host: format!("n{id}"),
+                    port: 9092,
+                }],
+                rack: (racks > 0).then(|| format!("r{}", id as u64 % racks)),
+            }),
+            Some(_) if want_ids && !n.broker.fenced => Request::AllocateProducerIds { broker: id },
+            Some(epoch) => Request::Heartbeat(Heartbeat {
+                id,
+                epoch,
+                metadata_offset: image_offset,
+                want_fence: false,
+            }),
         };
-        let _ = want_ids;
-        let rpc = self.next_rpc;
-        self.next_rpc += 1;
-        let n = self.node_mut(id);
-        n.broker.outstanding = Some((rpc, now));
-        n.broker.target = Some(target);
-        self.send_rpc(
-            Address::Node(id),
-            target,
-            Rpc::Request {
-                id: rpc,
-                from: Address::Node(id),
-                req,
-            },
-            now,
-        );
+        let correlation = self.send_request(id, req, Who::Broker);
+        self.node_mut(id).broker.outstanding = Some((correlation, now));
     }
 
-    fn on_broker_reply(&mut self, id: NodeId, rpc: u64, reply: Reply) {
+    fn on_broker_answer(&mut self, id: NodeId, correlation: u64, resp: Response) {
         let n = self.node_mut(id);
-        if n.broker.outstanding.map(|(r, _)| r) != Some(rpc) {
+        if n.broker.outstanding.map(|(c, _)| c) != Some(correlation) {
             return;
         }
         n.broker.outstanding = None;
-        match reply {
-            Reply::Registered { epoch } => {
+        let incarnation = n.broker.incarnation;
+        match resp {
+            Response::Register { status, epoch } if status.0 == 0 => {
                 n.broker.epoch = Some(epoch);
                 n.broker.fenced = true;
+                self.check_registration(id, incarnation, epoch);
             }
-            Reply::Heartbeat { fenced } => n.broker.fenced = fenced,
-            Reply::ProducerIds { .. } | Reply::Done { .. } => {}
-            Reply::Error { code, leader, .. } => match code {
+            Response::Heartbeat { status, fenced } => match status.0 {
+                0 => n.broker.fenced = fenced,
                 code::STALE_BROKER_EPOCH | code::BROKER_ID_NOT_REGISTERED => {
                     n.broker.epoch = None;
                 }
-                NOT_CONTROLLER => n.broker.target = leader,
                 _ => {}
             },
+            Response::ProducerIds {
+                status,
+                first,
+                count,
+            } if status.0 == 0 => self.check_producer_ids(id, first, count),
+            _ => {}
         }
-        trace!(self, "n{id} broker: #{rpc} answered");
+    }
+
+    /// A registration answered with broker epoch `epoch` is the committed
+    /// entry at that offset, and it registers this broker process.
+    fn check_registration(&mut self, id: NodeId, incarnation: u128, epoch: i64) {
+        let Ok(o) = u64::try_from(epoch) else {
+            return self.fail(
+                "lost-write",
+                format!("b{id}'s registration was acknowledged with epoch {epoch}"),
+            );
+        };
+        let Some(c) = self.committed.get(&o) else {
+            return self.fail(
+                "lost-write",
+                format!(
+                    "b{id}'s registration was acknowledged at {o}, which is not known committed"
+                ),
+            );
+        };
+        let Some(k) = self.known.get(&(o, c.epoch)) else {
+            return;
+        };
+        let registers = decode_batch(&k.data).is_ok_and(|batch| {
+            batch.iter().any(|r| {
+                matches!(r, MetadataRecord::RegisterBroker(b) if b.id == id && b.incarnation == incarnation)
+            })
+        });
+        if !registers {
+            self.fail(
+                "lost-write",
+                format!(
+                    "b{id} (incarnation {incarnation:032x}) was told it registered at {o}, but the entry committed there does not register it"
+                ),
+            );
+        }
+    }
+
+    /// Producer id blocks acknowledged to brokers never overlap.
+    fn check_producer_ids(&mut self, id: NodeId, first: i64, count: i64) {
+        let end = first + count;
+        let overlap = self
+            .producer_blocks
+            .range(..end)
+            .next_back()
+            .filter(|(_, e)| **e > first)
+            .map(|(f, e)| (*f, *e));
+        if let Some((f, e)) = overlap {
+            return self.fail(
+                "duplicate-producer-ids",
+                format!("b{id} was granted producer ids {first}..{end}, overlapping {f}..{e} granted before"),
+            );
+        }
+        self.producer_blocks.insert(first, end);
     }
 
     // ---- the admin clients -------------------------------------------------
@@ -2041,70 +1874,87 @@ impl Run {
                 return;
             }
             trace!(self, "c{c}: request timed out");
-            self.admins[c] = Admin::default();
+            self.admins[c].outstanding = None;
         }
-        let req = if self.phase == Phase::Create {
+        // The broker the client is connected to this time.
+        let up: Vec<NodeId> = self
+            .nodes
+            .values()
+            .filter(|n| n.runnable())
+            .map(|n| n.id)
+            .collect();
+        if up.is_empty() {
+            return;
+        }
+        let via = up[self.rng.below(up.len() as u64) as usize];
+        let (req, op) = if self.phase == Phase::Create {
             self.final_attempt += 1;
-            Request::CreateTopic {
-                name: self.final_name(),
-                partitions: 1,
-                replication_factor: 1,
-            }
+            let name = self.final_name();
+            (
+                Request::CreateTopics(vec![NewTopic {
+                    name: name.clone(),
+                    partitions: 1,
+                    replication_factor: 1,
+                    assignments: BTreeMap::new(),
+                    configs: BTreeMap::new(),
+                }]),
+                AdminOp::Final(name),
+            )
         } else {
             let name = format!("t{}", self.rng.below(self.p.pool));
             if self.rng.chance(0.7) {
                 self.stats.creates += 1;
                 let rf = self.rng.between(1, 3.min(self.p.nodes as u64)) as i16;
-                Request::CreateTopic {
-                    name,
-                    partitions: self.rng.between(1, 4) as i32,
-                    replication_factor: rf,
-                }
+                let partitions = self.rng.between(1, 4) as i32;
+                (
+                    Request::CreateTopics(vec![NewTopic {
+                        name: name.clone(),
+                        partitions,
+                        replication_factor: rf,
+                        assignments: BTreeMap::new(),
+                        configs: BTreeMap::new(),
+                    }]),
+                    AdminOp::Create(name),
+                )
             } else {
                 self.stats.deletes += 1;
-                Request::DeleteTopic { name }
+                (
+                    Request::DeleteTopics(vec![name.clone()]),
+                    AdminOp::Delete(name),
+                )
             }
         };
-        let pick = self.rng.below(self.p.nodes as u64) as NodeId + 1;
-        let target = self.admins[c].target.unwrap_or(pick);
-        let rpc = self.next_rpc;
-        self.next_rpc += 1;
-        if self.phase == Phase::Create {
-            self.final_rpc = Some(rpc);
-        }
-        self.admins[c].outstanding = Some((rpc, now));
-        trace!(self, "c{c} -> n{target} #{rpc} {req:?}");
-        let from = Address::Client(c as u64);
-        self.send_rpc(from, target, Rpc::Request { id: rpc, from, req }, now);
+        trace!(self, "c{c} asks n{via}: {op:?}");
+        let correlation = self.send_request(via, req, Who::Admin(c, op));
+        self.admins[c].outstanding = Some((correlation, now));
     }
 
-    fn on_admin_reply(&mut self, c: usize, msg: u64) {
-        let Some(Rpc::Reply { id: rpc, reply }) = self.msgs.get(&msg).cloned() else {
-            return;
-        };
-        if self
-            .admins
-            .get(c)
-            .and_then(|a| a.outstanding)
-            .map(|(r, _)| r)
-            != Some(rpc)
-        {
+    fn on_admin_answer(&mut self, c: usize, correlation: u64, op: AdminOp, resp: Response) {
+        if self.admins[c].outstanding.map(|(r, _)| r) != Some(correlation) {
             return;
         }
-        trace!(self, "c{c} <- #{rpc} {reply:?}");
         self.admins[c].outstanding = None;
-        match reply {
-            Reply::Done { offset } => {
-                if self.phase == Phase::Create && self.final_rpc == Some(rpc) {
-                    self.phase = Phase::Apply(offset);
+        let ok = matches!(&resp, Response::Items(items) if items.first().is_some_and(|s| s.0 == 0));
+        trace!(self, "c{c}: {op:?} answered {resp:?}");
+        if !ok {
+            return;
+        }
+        self.stats.acked += 1;
+        match op {
+            AdminOp::Create(name) | AdminOp::Final(name) => {
+                // Answered once applied on the controller: a committed entry
+                // created it.
+                if !self.committed_topics.contains(&name) {
+                    return self.fail(
+                        "lost-write",
+                        format!("the creation of topic {name} was acknowledged, but no committed entry creates it"),
+                    );
+                }
+                if self.phase == Phase::Create && name == self.final_name() {
+                    self.phase = Phase::Apply;
                 }
             }
-            Reply::Error { code, leader, .. } => {
-                if code == NOT_CONTROLLER {
-                    self.admins[c].target = leader;
-                }
-            }
-            _ => {}
+            AdminOp::Delete(_) => {}
         }
     }
 }

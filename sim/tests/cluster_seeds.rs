@@ -12,23 +12,23 @@ fn check(nodes: usize, seeds: std::ops::Range<u64>) {
 }
 
 #[test]
-fn cluster_3_nodes_seeds_0_to_150() {
-    check(3, 0..150);
+fn cluster_3_nodes_seeds_0_to_250() {
+    check(3, 0..250);
 }
 
 #[test]
-fn cluster_3_nodes_seeds_150_to_300() {
-    check(3, 150..300);
+fn cluster_3_nodes_seeds_250_to_500() {
+    check(3, 250..500);
 }
 
 #[test]
-fn cluster_5_nodes_seeds_0_to_150() {
-    check(5, 0..150);
+fn cluster_5_nodes_seeds_0_to_250() {
+    check(5, 0..250);
 }
 
 #[test]
-fn cluster_5_nodes_seeds_150_to_300() {
-    check(5, 150..300);
+fn cluster_5_nodes_seeds_250_to_500() {
+    check(5, 250..500);
 }
 
 /// Different seeds must explore different runs.
@@ -41,9 +41,9 @@ fn cluster_seeds_differ() {
 }
 
 /// The run does what it is for: a leader is elected and becomes the
-/// controller, brokers register, topics are proposed and committed, the
-/// nemesis strikes, and after the faults the cluster converges and commits
-/// one more topic on every node.
+/// controller, brokers register and heartbeat through the controller
+/// channel, topics are created, the nemesis strikes, and after the faults
+/// the cluster converges and commits one more topic on every node.
 #[test]
 fn cluster_trace_shows_the_workload() {
     let r = run(&RunOptions {
@@ -57,11 +57,13 @@ fn cluster_trace_shows_the_workload() {
     for needle in [
         "n5 started",
         "Leader e",
-        "controller",
-        "Register {",
-        "Registered {",
-        "CreateTopic {",
-        "proposes",
+        " controller",
+        "controller request #",
+        "Register(b",
+        "Register { status: (0",
+        "Heartbeat { status: (0",
+        "CreateTopics(",
+        "Items([(0",
         "nemesis",
         "converged",
         "reached every node",
