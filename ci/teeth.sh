@@ -6,7 +6,9 @@
 # seed up to MAX_SEEDS catches is a hole in the simulator. Patches named
 # broker-*.patch break the Kafka request path and run the broker workload;
 # groups-*.patch break the group coordinator and run the groups workload;
-# the others run the storage workload. Nothing here touches the working tree.
+# raft-*.patch and metadata-*.patch break the Raft core or the quorum node
+# and run the cluster workload (3 or 5 nodes, as each seed draws); the
+# others run the storage workload. Nothing here touches the working tree.
 #
 #   ci/teeth.sh [MAX_SEEDS] [PREFIX]   default MAX_SEEDS=20000; PREFIX picks
 #                                      the patches (e.g. groups-)
@@ -39,6 +41,7 @@ for patch in "${patches[@]}"; do
   case "$name" in
     broker-*) workload=broker ;;
     groups-*) workload=groups ;;
+    raft-* | metadata-*) workload=cluster ;;
   esac
   work=$(mktemp -d)
   git worktree add -q --detach "$work" HEAD

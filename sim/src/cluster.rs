@@ -7,15 +7,18 @@
 //! * **Brokers**: each node runs a broker that registers with the active
 //!   controller (a new incarnation at every process start) and heartbeats
 //!   with its node's own image offset, so the controller unfences it once
-//!   it has caught up, and fences it when its session runs out. Their
-//!   requests travel the simulated network like Raft's messages (a
-//!   simulator-only channel until the brokers' controller RPC lands in
-//!   `core/src/metadata/`), and the node that receives one calls the
-//!   controller's methods directly and proposes the batch they return.
+//!   it has caught up, and fences it when its session runs out; now and
+//!   then it asks for a block of producer ids. It speaks the core's
+//!   controller channel (`metadata::rpc`, node-to-node channel 1) over the
+//!   simulated network, to the node it believes leads (NOT_CONTROLLER
+//!   names another), and the quorum node that receives a request serves it
+//!   itself: decides on the controller's image, proposes, answers once
+//!   applied.
 //! * **Clients**: one to three admins create and delete topics from a
-//!   small pool of names (so creations collide and deletions miss), with 1–4 partitions
-//!   and a replication factor of 1–3; brokers now and then ask for a block
-//!   of producer ids.
+//!   small pool of names (so creations collide and deletions miss), with
+//!   1–4 partitions and a replication factor of 1–3, through whichever
+//!   running broker they reach, which forwards the request on the
+//!   controller channel (the client-to-broker hop is not simulated).
 //! * **Faults** (safety phase, rates drawn per seed): partitions (halves,
 //!   the leader isolated, a bridge, one way), message loss, duplication,
 //!   reordering and delay; crashes (power loss: the node's disk drops its
@@ -51,9 +54,10 @@
 //!   node's high watermark, image offset, a partition's leader or
 //!   partition epoch, or a broker's epoch went back (a restarted node
 //!   re-applies from its snapshot);
-//! * `lost-write`: an acknowledged proposal is not the committed entry at
-//!   its offset; `duplicate-producer-ids`: two acknowledged producer id
-//!   blocks overlap;
+//! * `lost-write`: an acknowledged registration whose epoch is not the
+//!   offset of a committed entry registering that very process, or an
+//!   acknowledged topic creation no committed entry made;
+//!   `duplicate-producer-ids`: two acknowledged producer id blocks overlap;
 //! * `spurious-corruption`: a store refused to open as corrupt with no
 //!   damage on its disk to explain it;
 //! * `liveness`: once faults stop, within 20 s of simulated time, a leader
