@@ -458,7 +458,11 @@ fn a_retried_registration_is_not_answered_with_the_previous_incarnations_epoch()
         panic!("{answers:?}");
     };
     assert_ne!(*epoch, old, "the retry got the old incarnation's epoch");
-    assert_eq!((status.0, *epoch), (7, -1), "REQUEST_TIMED_OUT until it commits");
+    assert_eq!(
+        (status.0, *epoch),
+        (7, -1),
+        "REQUEST_TIMED_OUT until it commits"
+    );
     let rpc::Response::Register { status, epoch } = &answers[&100] else {
         panic!("{answers:?}");
     };
