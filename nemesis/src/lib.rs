@@ -57,6 +57,12 @@ pub enum Fault {
     /// after `down_ms`: new leaders die young, before they have replicated
     /// what they appended, which is where commit-rule bugs hide.
     CrashLeader { down_ms: u64 },
+    /// Power loss of the next node to become leader, within `within_ms` of
+    /// its election, brought back after `down_ms`: a leader that dies
+    /// before its first entries reach the others, and if several strike in
+    /// a row, Raft's Figure 8 (an entry of an earlier epoch replicated by a
+    /// later leader, which must not count it committed by its replicas).
+    CrashNewLeader { within_ms: u64, down_ms: u64 },
     /// From now on the node's clocks, monotonic and wall, advance at
     /// `1 + ppm / 1_000_000` times real time (a fast or slow oscillator).
     ClockRate { node: NodeId, ppm: i64 },
@@ -84,6 +90,10 @@ impl fmt::Display for Fault {
             Fault::CrashLeader { down_ms } => {
                 write!(f, "crash the leader, restart it after {down_ms}ms")
             }
+            Fault::CrashNewLeader { within_ms, down_ms } => write!(
+                f,
+                "crash the next leader within {within_ms}ms of its election, restart it after {down_ms}ms"
+            ),
         }
     }
 }
@@ -301,6 +311,9 @@ pub struct ClusterSwarm {
     pub crash_all: f64,
     /// The chance that a crash strikes whichever node leads.
     pub crash_leader: f64,
+    /// Mean milliseconds between crashes of new leaders right after their
+    /// election.
+    pub crash_new_leader_every_ms: Option<u64>,
 }
 
 impl ClusterSwarm {
@@ -330,6 +343,7 @@ impl ClusterSwarm {
             rng.unit() * 0.3
         };
         let crash_leader = if rng.chance(0.5) { 0.0 } else { rng.unit() };
+        let crash_new_leader_every_ms = maybe_every(rng, 100, 2000);
         ClusterSwarm {
             node,
             net,
@@ -339,6 +353,7 @@ impl ClusterSwarm {
             rot_nodes,
             crash_all,
             crash_leader,
+            crash_new_leader_every_ms,
         }
     }
 }
@@ -347,7 +362,7 @@ impl fmt::Display for ClusterSwarm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} net[loss={:.4} dup={:.4} delay_us={:?}] partition_every_ms={:?} pause_every_ms={:?} clock_skew_ppm={:?} rot_nodes={:?} crash_all={:.2} crash_leader={:.2}",
+            "{} net[loss={:.4} dup={:.4} delay_us={:?}] partition_every_ms={:?} pause_every_ms={:?} clock_skew_ppm={:?} rot_nodes={:?} crash_all={:.2} crash_leader={:.2} crash_new_leader_every_ms={:?}",
             self.node,
             self.net.loss,
             self.net.duplicate,
@@ -357,7 +372,8 @@ impl fmt::Display for ClusterSwarm {
             self.clock_skew_ppm,
             self.rot_nodes,
             self.crash_all,
-            self.crash_leader
+            self.crash_leader,
+            self.crash_new_leader_every_ms
         )
     }
 }
@@ -475,6 +491,15 @@ impl Schedule {
                     faults.push((t + down, Fault::Restart { node }));
                 }
                 t += longest + next_gap(rng, mean);
+            }
+        }
+        if let Some(mean) = swarm.crash_new_leader_every_ms {
+            let mut t = next_gap(rng, mean);
+            while t < duration_ms {
+                let within_ms = rng.between(1, 100);
+                let down_ms = rng.between(1, 1000);
+                faults.push((t, Fault::CrashNewLeader { within_ms, down_ms }));
+                t += next_gap(rng, mean);
             }
         }
         if let Some(mean) = swarm.pause_every_ms {

@@ -330,6 +330,9 @@ enum Ev {
     Restart(NodeId),
     Resume(NodeId, u64),
     BrokerTick(NodeId, u64),
+    /// Power loss of a node in a given life, and its restart after so many
+    /// milliseconds (a new leader's, see `Fault::CrashNewLeader`).
+    CrashNode(NodeId, u64, u64),
     AdminTick(usize),
     EndSafety,
     Check,
@@ -368,6 +371,8 @@ struct Run {
     pending: BTreeMap<u64, Pending>,
     admins: Vec<Admin>,
     final_attempt: u64,
+    /// Crashes armed for the next leaders elected: (within ms, down ms).
+    new_leader_crashes: VecDeque<(u64, u64)>,
     // checker
     leaders: BTreeMap<u64, NodeId>,
     known: BTreeMap<(u64, u64), KnownEntry>,
@@ -385,7 +390,7 @@ struct Stats {
     ticks: u64,
     crashes: u64,
     kills: u64,
-    reopens: u64,
+    starts: u64,
     pauses: u64,
     elections: u64,
     creates: u64,
@@ -562,6 +567,7 @@ pub fn run(opts: &RunOptions) -> RunReport {
         pending: BTreeMap::new(),
         admins: (0..admins).map(|_| Admin::default()).collect(),
         final_attempt: 0,
+        new_leader_crashes: VecDeque::new(),
         leaders: BTreeMap::new(),
         known: BTreeMap::new(),
         committed: BTreeMap::new(),
@@ -754,6 +760,16 @@ impl Run {
                 }
             }
             Ev::BrokerTick(id, life) => self.broker_tick(id, life),
+            Ev::CrashNode(id, life, down_ms) => {
+                let n = self.node(id);
+                // Armed in the safety phase; the liveness phase has no faults.
+                if self.faults_on() && n.life == life && n.up() {
+                    self.stats.crashes += 1;
+                    self.stop(id, true, "power loss of a new leader");
+                    self.node_mut(id).restart_queued = true;
+                    self.at(self.now + down_ms * MS, Ev::Restart(id));
+                }
+            }
             Ev::AdminTick(c) => self.admin_tick(c),
             Ev::EndSafety => self.end_safety(),
             Ev::Check => self.liveness_check(),
@@ -871,7 +887,7 @@ impl Run {
         };
         n.q = Some(q);
         let life = n.life;
-        self.stats.reopens += 1;
+        self.stats.starts += 1;
         trace!(
             self,
             "n{id} started (life {life}, clock at {}ms): {}",
@@ -1127,6 +1143,9 @@ impl Run {
                 }
                 None => trace!(self, "no leader to crash"),
             },
+            Fault::CrashNewLeader { within_ms, down_ms } => {
+                self.new_leader_crashes.push_back((within_ms, down_ms));
+            }
             Fault::IsolateLeader => {
                 let leader = self.current_leader();
                 match leader {
@@ -1620,6 +1639,16 @@ impl Run {
                 .collect();
             if let Some(p) = self.missing(id, &offsets) {
                 return self.fail("leader-incomplete", p);
+            }
+            if self.faults_on() {
+                if let Some((within_ms, down_ms)) = self.new_leader_crashes.pop_front() {
+                    let life = self.node(id).life;
+                    trace!(
+                        self,
+                        "n{id} leads epoch {epoch}: power loss in {within_ms}ms"
+                    );
+                    self.at(self.now + within_ms * MS, Ev::CrashNode(id, life, down_ms));
+                }
             }
         }
         if !new_commits.is_empty() {
