@@ -11,4 +11,5 @@
 //! a single-node component and is exercised by the simulator's storage
 //! workload and by property tests instead.
 
+pub mod check;
 pub mod group;
