@@ -12,6 +12,7 @@
 //! property's result, and the trace of each discovery. Exits non-zero if an `always`
 //! property fails.
 
+use std::io::Read;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -110,6 +111,11 @@ enum Command {
         /// Stop once about this many states have been generated.
         #[arg(long)]
         max_states: Option<usize>,
+        /// Instead of searching, follow the schedule on standard input
+        /// (one action a line, as the traces print them) and check every
+        /// property on the way.
+        #[arg(long)]
+        replay: bool,
         /// Stop at the first violation of an `always` property.
         #[arg(long)]
         first_violation: bool,
@@ -229,6 +235,7 @@ fn raft_command(command: Command) -> ExitCode {
         threads,
         dfs,
         max_states,
+        replay,
         first_violation,
         shortest,
         voters,
@@ -282,6 +289,9 @@ fn raft_command(command: Command) -> ExitCode {
     if dfs {
         println!("note: depth-first, so the depth bound is not exact");
     }
+    if replay {
+        return replay_command(cfg);
+    }
     if !first_violation {
         let out = raft::search(cfg, depth, how, threads, max_states);
         report(&out, &raft::REACHABLE, traces);
@@ -318,6 +328,52 @@ fn raft_command(command: Command) -> ExitCode {
         }
     }
     exit(&out)
+}
+
+/// Follows a schedule from standard input and reports as a search does.
+fn replay_command(cfg: raft::Config) -> ExitCode {
+    let mut schedule = String::new();
+    if let Err(e) = std::io::stdin().read_to_string(&mut schedule) {
+        eprintln!("reading the schedule: {e}");
+        return ExitCode::from(2);
+    }
+    let out = match raft::replay(cfg, &schedule) {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("schedule {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!(
+        "replayed a schedule of {} steps: 1 path, {} states",
+        out.steps.len(),
+        out.steps.len() + 1
+    );
+    for name in raft::SAFETY {
+        let verdict = match out.violations.iter().find(|(n, _)| *n == name) {
+            Some((_, at)) => format!("FAILS after {at} steps"),
+            None => "holds".into(),
+        };
+        println!("  always    {name}: {verdict}");
+    }
+    for name in raft::REACHABLE {
+        let verdict = match out.reached.iter().find(|(n, _)| *n == name) {
+            Some((_, at)) => format!("found after {at} steps"),
+            None => "not found".into(),
+        };
+        println!("  sometimes {name}: {verdict}");
+    }
+    for (name, at) in &out.violations {
+        println!("\n{name}: {at} steps");
+        for (i, step) in out.steps.iter().take(*at).enumerate() {
+            println!("  {:>3}. {step}", i + 1);
+        }
+    }
+    if out.violations.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 /// Prints the summary, each property's verdict and the traces.

@@ -10,7 +10,7 @@
 
 use odradek_model::check::Outcome;
 use odradek_model::raft::{
-    check, Config, CLIENT_ENTRY_COMMITTED, COMMITTED, LEADER_AFTER_COMMIT, SAFETY,
+    check, replay, Config, CLIENT_ENTRY_COMMITTED, COMMITTED, LEADER_AFTER_COMMIT, SAFETY,
 };
 
 /// Runs a search and prints what it covered (the time a test takes is the
@@ -85,4 +85,42 @@ fn raft_is_safe_across_a_crash() {
     let out = checked("raft, 2 ticks, 1 crash", || check(cfg, 11));
     assert_safe(&out);
     assert!(out.found(COMMITTED), "no entry committed within the bound");
+}
+
+/// A schedule copied from a trace replays to the same state: the client's
+/// entry commits after the 12th step and nothing fails; a step the model
+/// does not offer is refused, naming the line.
+#[test]
+fn a_printed_trace_replays() {
+    let cfg = Config {
+        lossy: false,
+        max_crashes: 0,
+        max_ticks: Some(2),
+        max_epoch: 2,
+        ..Config::default()
+    };
+    let schedule = "\
+    1. node 2: Tick
+    2. deliver 2 → 0: PreVote(e1, log ..0@e0)
+    3. deliver 0 → 2: PreVoteResponse(e1, granted=true)
+    4. deliver 2 → 1: Vote(e1, log ..0@e0)
+    5. deliver 1 → 2: VoteResponse(e1, granted=true)
+    6. deliver 2 → 1: Append(e1, after 0@e0, [0@e1:LeaderChange(0B)], hw 0)
+    7. node 2: Propose
+    8. node 2: Tick
+    9. deliver 2 → 0: Append(e1, after 0@e0, [0@e1:LeaderChange(0B), 1@e1:Data(2B)], hw 0)
+   10. deliver 0 → 2: AppendResponse(e1, success=true, end 2)
+   11. deliver 1 → 2: AppendResponse(e1, success=true, end 1)
+   12. deliver 2 → 1: Append(e1, after 1@e1, [1@e1:Data(2B)], hw 2)
+";
+    let out = replay(cfg.clone(), schedule).expect("the schedule replays");
+    assert_eq!(out.steps.len(), 12);
+    assert!(out.violations.is_empty(), "{:?}", out.violations);
+    assert!(out
+        .reached
+        .iter()
+        .any(|&(p, at)| p == CLIENT_ENTRY_COMMITTED && at == 12));
+    assert!(!out.reached.iter().any(|&(p, _)| p == LEADER_AFTER_COMMIT));
+    let err = replay(cfg, "node 2: Tick\nnode 2: Propose\n").unwrap_err();
+    assert!(err.starts_with("line 2:"), "{err}");
 }

@@ -511,8 +511,9 @@ pub fn search(
     )
 }
 
-/// Breadth-first search, single-threaded, that stops as soon as any
-/// `always` property fails (with one of the shortest counterexamples).
+/// A search that stops as soon as any `always` property fails. Breadth
+/// first with one thread, the counterexample is at most a step longer
+/// than a shortest one (see [`Outcome::discoveries`]).
 pub fn find_violation(cfg: Config, depth: usize, how: Search, threads: usize) -> Outcome {
     check::run(
         cfg.into_model(),
@@ -522,4 +523,83 @@ pub fn find_violation(cfg: Config, depth: usize, how: Search, threads: usize) ->
         None,
         check::until_any(&SAFETY),
     )
+}
+
+/// What replaying a schedule found.
+#[derive(Debug)]
+pub struct Replay {
+    /// The steps taken, as [`Model::format_action`] writes them.
+    pub steps: Vec<String>,
+    /// Each `always` property that failed, with the number of steps to the
+    /// first state that broke it.
+    pub violations: Vec<(&'static str, usize)>,
+    /// Each `sometimes` property that held in some state, likewise.
+    pub reached: Vec<(&'static str, usize)>,
+    pub last: RaftState,
+}
+
+/// Runs `cfg`'s model along a given schedule: each line of `schedule` is
+/// an action as [`Model::format_action`] writes it (as in the traces the
+/// checker prints; a leading "N. " is ignored, and so are empty lines and
+/// lines starting with `#`), and must be one the model offers at that
+/// point. Checks every property in every state on the way. For schedules
+/// too long for an exhaustive search to reach, such as Raft's Figure 8.
+pub fn replay(cfg: Config, schedule: &str) -> Result<Replay, String> {
+    let model = cfg.into_model();
+    let properties = model.properties();
+    let mut state = model
+        .init_states()
+        .pop()
+        .ok_or("the model has no initial state")?;
+    let mut out = Replay {
+        steps: Vec::new(),
+        violations: Vec::new(),
+        reached: Vec::new(),
+        last: state.clone(),
+    };
+    let note = |state: &RaftState, steps: usize, out: &mut Replay| {
+        for p in &properties {
+            let holds = (p.condition)(&model, state);
+            let (list, hit) = match p.expectation {
+                stateright::Expectation::Always => (&mut out.violations, !holds),
+                _ => (&mut out.reached, holds),
+            };
+            if hit && !list.iter().any(|(n, _)| *n == p.name) {
+                list.push((p.name, steps));
+            }
+        }
+    };
+    note(&state, 0, &mut out);
+    for (n, line) in schedule.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let want = match line.split_once(". ") {
+            Some((num, rest)) if num.chars().all(|c| c.is_ascii_digit()) => rest,
+            _ => line,
+        };
+        let mut actions = Vec::new();
+        model.actions(&state, &mut actions);
+        let Some(action) = actions.into_iter().find(|a| model.format_action(a) == want) else {
+            let mut offered = Vec::new();
+            model.actions(&state, &mut offered);
+            let offered: Vec<String> = offered.iter().map(|a| model.format_action(a)).collect();
+            return Err(format!(
+                "line {}: \"{want}\" is not on offer; the model offers:\n  {}",
+                n + 1,
+                offered.join("\n  ")
+            ));
+        };
+        state = model
+            .next_state(&state, action)
+            .ok_or_else(|| format!("line {}: \"{want}\" changes nothing", n + 1))?;
+        if !model.within_boundary(&state) {
+            return Err(format!("line {}: \"{want}\" leaves the bounds", n + 1));
+        }
+        out.steps.push(want.to_string());
+        note(&state, out.steps.len(), &mut out);
+    }
+    out.last = state;
+    Ok(out)
 }
