@@ -460,6 +460,7 @@ fn draw_swarm(opts: &RunOptions, rng: &mut ChaCha8Rng, ids: &[NodeId]) -> Cluste
     }
     for (k, every) in [
         (FaultKind::Crash, &mut swarm.node.crash_every_ms),
+        (FaultKind::Crash, &mut swarm.crash_new_leader_every_ms),
         (FaultKind::Kill, &mut swarm.node.kill_every_ms),
         (FaultKind::ClockJump, &mut swarm.node.clock_jump_every_ms),
         (FaultKind::Partition, &mut swarm.partition_every_ms),
