@@ -297,7 +297,7 @@ fn raft_command(command: Command) -> ExitCode {
         report(&out, &raft::REACHABLE, traces);
         return exit(&out);
     }
-    let out = raft::find_violation(cfg.clone(), depth, how, threads);
+    let out = raft::find_violation(cfg.clone(), depth, how, threads, max_states);
     report(&out, &raft::REACHABLE, traces);
     let Some((_, trace)) = out.first_violation() else {
         return exit(&out);
@@ -307,7 +307,7 @@ fn raft_command(command: Command) -> ExitCode {
         // every state one step short of it, and again if that finds one.
         let mut steps = trace.len();
         loop {
-            let shorter = raft::find_violation(cfg.clone(), steps - 1, how, 1);
+            let shorter = raft::find_violation(cfg.clone(), steps - 1, how, 1, None);
             match shorter.first_violation() {
                 Some((name, t)) => {
                     println!("shorter: {name}: {} steps", t.len());

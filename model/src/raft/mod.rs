@@ -511,16 +511,23 @@ pub fn search(
     )
 }
 
-/// A search that stops as soon as any `always` property fails. Breadth
+/// A search that stops as soon as any `always` property fails, or once
+/// about `max_states` states have been generated (if given). Breadth
 /// first with one thread, the counterexample is at most a step longer
 /// than a shortest one (see [`Outcome::discoveries`]).
-pub fn find_violation(cfg: Config, depth: usize, how: Search, threads: usize) -> Outcome {
+pub fn find_violation(
+    cfg: Config,
+    depth: usize,
+    how: Search,
+    threads: usize,
+    max_states: Option<usize>,
+) -> Outcome {
     check::run(
         cfg.into_model(),
         depth,
         how,
         threads,
-        None,
+        max_states,
         check::until_any(&SAFETY),
     )
 }
