@@ -38,7 +38,8 @@ fn assert_safe(out: &Outcome) {
 /// The whole environment: a lossy, duplicating network, one crash (that
 /// keeps only what was synced) and one client proposal anywhere, epochs
 /// up to 3, time unbounded; every state within 8 steps (an election takes
-/// 5, and a leader's first entry commits on it in 7).
+/// 5; nothing is applied on a majority this shallow, which the next test
+/// reaches).
 #[test]
 fn raft_is_safe_on_a_lossy_duplicating_network_with_a_crash() {
     let out = checked("raft, lossy, 1 crash", || check(Config::default(), 8));
