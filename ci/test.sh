@@ -21,7 +21,7 @@ bash ci/check-determinism.sh
 step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "tests (unit, property, simulation: 1000 storage, 300 broker and 400 groups seeds, each run twice for determinism; turmoil; real clients against the odradek binary)"
+step "tests (unit, property, simulation: 1000 storage, 300 broker, 400 groups and 1000 cluster (500 of 3 nodes, 500 of 5) seeds, each run twice for determinism; the Raft model to 8, 12 and 11 steps (about 4 million states); turmoil; real clients against the odradek binary)"
 # The real-client tests skip when the clients are missing, except here:
 # setup.sh has just installed them, so missing means broken.
 ODRADEK_REQUIRE_CLIENTS=1 cargo test --workspace --locked
@@ -35,6 +35,8 @@ bin=target/release/odradek
 "$bin" sim swarm --workload broker --seeds "1000..${BROKER_SWARM_SEEDS:-1100}" --check-determinism
 "$bin" sim run --seed 42 --workload groups --check-determinism --json
 "$bin" sim swarm --workload groups --seeds "1000..${GROUPS_SWARM_SEEDS:-1100}" --check-determinism
+"$bin" sim run --seed 42 --workload cluster --nodes 5 --check-determinism --json
+"$bin" sim swarm --workload cluster --seeds "1000..${CLUSTER_SWARM_SEEDS:-1500}" --check-determinism
 
 echo
 echo "ci/test.sh: all steps passed"

@@ -7,8 +7,17 @@
 //!   member crashes. `cargo run -p odradek-model --release -- classic
 //!   --depth N` runs it deeper than the test suite does.
 //!
-//! Raft (issue 5) brings the next model. The storage engine of issue 2 is
-//! a single-node component and is exercised by the simulator's storage
-//! workload and by property tests instead.
+//! * [`raft`]: the metadata quorum's Raft, three real
+//!   `odradek_core::raft::Raft` nodes over in-memory stores that lose what
+//!   was not synced, on a lossy, duplicating network, with crashes and
+//!   client proposals. `cargo run -p odradek-model --release -- raft
+//!   --depth N` runs it deeper.
+//! * [`check`]: the bounded search both share, and what it reports.
+//!
+//! The storage engine of issue 2 is a single-node component and is
+//! exercised by the simulator's storage workload and by property tests
+//! instead.
 
+pub mod check;
 pub mod group;
+pub mod raft;

@@ -39,6 +39,33 @@ pub enum Fault {
     Heal,
     /// Change a node's disk fault rates.
     Disk { node: NodeId, faults: DiskFaults },
+    /// Cut the node that leads off from every other node, both ways. The
+    /// executor resolves "the leader" when the fault strikes (the simulator
+    /// looks at its nodes; a real cluster is asked), since a schedule drawn
+    /// in advance cannot know it.
+    IsolateLeader,
+    /// Cut `side_a` from `side_b`, both ways, while `bridge` keeps its
+    /// links to both: a node that sees two halves which cannot see each
+    /// other (Jepsen's bridge).
+    Bridge {
+        bridge: NodeId,
+        side_a: Vec<NodeId>,
+        side_b: Vec<NodeId>,
+    },
+    /// Power loss of the node that leads (resolved by the executor when
+    /// the fault strikes, as for [`Fault::IsolateLeader`]), brought back
+    /// after `down_ms`: new leaders die young, before they have replicated
+    /// what they appended, which is where commit-rule bugs hide.
+    CrashLeader { down_ms: u64 },
+    /// Power loss of the next node to become leader, within `within_ms` of
+    /// its election, brought back after `down_ms`: a leader that dies
+    /// before its first entries reach the others, and if several strike in
+    /// a row, Raft's Figure 8 (an entry of an earlier epoch replicated by a
+    /// later leader, which must not count it committed by its replicas).
+    CrashNewLeader { within_ms: u64, down_ms: u64 },
+    /// From now on the node's clocks, monotonic and wall, advance at
+    /// `1 + ppm / 1_000_000` times real time (a fast or slow oscillator).
+    ClockRate { node: NodeId, ppm: i64 },
 }
 
 impl fmt::Display for Fault {
@@ -53,6 +80,20 @@ impl fmt::Display for Fault {
             Fault::PartitionOneWay { from, to } => write!(f, "partition {from:?} -> {to:?}"),
             Fault::Heal => write!(f, "heal"),
             Fault::Disk { node, faults } => write!(f, "disk n{node} {faults}"),
+            Fault::IsolateLeader => write!(f, "isolate the leader"),
+            Fault::Bridge {
+                bridge,
+                side_a,
+                side_b,
+            } => write!(f, "bridge n{bridge} between {side_a:?} | {side_b:?}"),
+            Fault::ClockRate { node, ppm } => write!(f, "clock-rate n{node} {ppm:+}ppm"),
+            Fault::CrashLeader { down_ms } => {
+                write!(f, "crash the leader, restart it after {down_ms}ms")
+            }
+            Fault::CrashNewLeader { within_ms, down_ms } => write!(
+                f,
+                "crash the next leader within {within_ms}ms of its election, restart it after {down_ms}ms"
+            ),
         }
     }
 }
@@ -244,6 +285,109 @@ impl fmt::Display for Swarm {
     }
 }
 
+/// Which faults a run of a multi-node cluster uses and how often, drawn
+/// once per seed: a node's swarm (process, wall-clock and disk faults, on
+/// every node), the links' behaviour, and the faults only a cluster has.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterSwarm {
+    /// Crashes, kills and clock jumps strike a random node (a crash may be
+    /// the whole cluster's, see `crash_all`), crashes and kills more often
+    /// than a single node's swarm draws them; the disk faults apply to
+    /// every node's disk, except latent rot (see `rot_nodes`).
+    pub node: Swarm,
+    /// Loss, duplication, and delays that vary per message (so reorder).
+    pub net: NetFaults,
+    /// Mean milliseconds between partitions (halves, the leader isolated,
+    /// a bridge, one way), each healed after 50 ms to 3 s.
+    pub partition_every_ms: Option<u64>,
+    /// Mean milliseconds between process pauses (10 ms to 3 s each).
+    pub pause_every_ms: Option<u64>,
+    /// Each node's clocks run up to this many ppm fast or slow, and change
+    /// rate now and then; `None` for clocks that agree.
+    pub clock_skew_ppm: Option<u64>,
+    /// The nodes whose disks may rot synced data; the others' never do.
+    pub rot_nodes: Vec<NodeId>,
+    /// The chance that a crash is a power cut of every node at once.
+    pub crash_all: f64,
+    /// The chance that a crash strikes whichever node leads.
+    pub crash_leader: f64,
+    /// Mean milliseconds between crashes of new leaders right after their
+    /// election.
+    pub crash_new_leader_every_ms: Option<u64>,
+}
+
+impl ClusterSwarm {
+    pub fn draw<R: Random + ?Sized>(rng: &mut R, nodes: &[NodeId]) -> ClusterSwarm {
+        let mut node = Swarm::draw_storage(rng);
+        // A cluster keeps working through a node's crash, so it can take
+        // them more often than a single node can.
+        node.crash_every_ms = maybe_every(rng, 200, 4000);
+        node.kill_every_ms = maybe_every(rng, 200, 4000);
+        let net = NetFaults::draw(rng);
+        let partition_every_ms = maybe_every(rng, 200, 3000);
+        let pause_every_ms = maybe_every(rng, 200, 3000);
+        let clock_skew_ppm = if rng.chance(0.5) {
+            None
+        } else {
+            Some(rng.between(100, 200_000))
+        };
+        let mut rot_nodes = Vec::new();
+        for &n in nodes {
+            if rng.chance(0.5) {
+                rot_nodes.push(n);
+            }
+        }
+        let crash_all = if rng.chance(0.5) {
+            0.0
+        } else {
+            rng.unit() * 0.3
+        };
+        let crash_leader = if rng.chance(0.5) { 0.0 } else { rng.unit() };
+        let crash_new_leader_every_ms = maybe_every(rng, 100, 2000);
+        ClusterSwarm {
+            node,
+            net,
+            partition_every_ms,
+            pause_every_ms,
+            clock_skew_ppm,
+            rot_nodes,
+            crash_all,
+            crash_leader,
+            crash_new_leader_every_ms,
+        }
+    }
+}
+
+impl fmt::Display for ClusterSwarm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} net[loss={:.4} dup={:.4} delay_us={:?}] partition_every_ms={:?} pause_every_ms={:?} clock_skew_ppm={:?} rot_nodes={:?} crash_all={:.2} crash_leader={:.2} crash_new_leader_every_ms={:?}",
+            self.node,
+            self.net.loss,
+            self.net.duplicate,
+            self.net.delay_us,
+            self.partition_every_ms,
+            self.pause_every_ms,
+            self.clock_skew_ppm,
+            self.rot_nodes,
+            self.crash_all,
+            self.crash_leader,
+            self.crash_new_leader_every_ms
+        )
+    }
+}
+
+/// A random order of `nodes`.
+fn shuffled<R: Random + ?Sized>(rng: &mut R, nodes: &[NodeId]) -> Vec<NodeId> {
+    let mut v = nodes.to_vec();
+    for i in (1..v.len()).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        v.swap(i, j);
+    }
+    v
+}
+
 /// Faults at simulated (or real) times, in milliseconds from the start.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Schedule {
@@ -302,6 +446,139 @@ impl Schedule {
     }
 }
 
+impl Schedule {
+    /// The safety-phase schedule of a cluster of `nodes` under `swarm`,
+    /// lasting `duration_ms`. Every crash or kill is followed by a restart
+    /// after an outage of up to 2 s (a crash of the leader carries its own,
+    /// up to 1 s), every partition by a heal; pauses end on their own. An executor ignores a crash of a node already down
+    /// and a restart of one that is up.
+    pub fn generate_cluster<R: Random + ?Sized>(
+        rng: &mut R,
+        swarm: &ClusterSwarm,
+        nodes: &[NodeId],
+        duration_ms: u64,
+    ) -> Schedule {
+        let mut faults = Vec::new();
+        let n = nodes.len() as u64;
+        let pick = |rng: &mut R| nodes[rng.below(n) as usize];
+        for (every, crash) in [
+            (swarm.node.crash_every_ms, true),
+            (swarm.node.kill_every_ms, false),
+        ] {
+            let Some(mean) = every else { continue };
+            let mut t = next_gap(rng, mean);
+            while t < duration_ms {
+                if crash && rng.chance(swarm.crash_leader) {
+                    let down_ms = rng.between(1, 1000);
+                    faults.push((t, Fault::CrashLeader { down_ms }));
+                    t += down_ms + next_gap(rng, mean);
+                    continue;
+                }
+                let all = crash && rng.chance(swarm.crash_all);
+                let victims = if all { nodes.to_vec() } else { vec![pick(rng)] };
+                let mut longest = 0;
+                for node in victims {
+                    faults.push((
+                        t,
+                        if crash {
+                            Fault::Crash { node }
+                        } else {
+                            Fault::Kill { node }
+                        },
+                    ));
+                    let down = rng.between(1, 2000);
+                    longest = longest.max(down);
+                    faults.push((t + down, Fault::Restart { node }));
+                }
+                t += longest + next_gap(rng, mean);
+            }
+        }
+        if let Some(mean) = swarm.crash_new_leader_every_ms {
+            let mut t = next_gap(rng, mean);
+            while t < duration_ms {
+                let within_ms = rng.between(1, 100);
+                let down_ms = rng.between(1, 1000);
+                faults.push((t, Fault::CrashNewLeader { within_ms, down_ms }));
+                t += next_gap(rng, mean);
+            }
+        }
+        if let Some(mean) = swarm.pause_every_ms {
+            let mut t = next_gap(rng, mean);
+            while t < duration_ms {
+                let node = pick(rng);
+                let millis = rng.between(10, 3000);
+                faults.push((t, Fault::Pause { node, millis }));
+                t += next_gap(rng, mean);
+            }
+        }
+        if let Some(mean) = swarm.node.clock_jump_every_ms {
+            let mut t = next_gap(rng, mean);
+            while t < duration_ms {
+                let node = pick(rng);
+                let magnitude = rng.between(1, 3_600_000) as i64;
+                let delta_ms = if rng.chance(0.5) {
+                    magnitude
+                } else {
+                    -magnitude
+                };
+                faults.push((t, Fault::ClockJump { node, delta_ms }));
+                t += next_gap(rng, mean);
+            }
+        }
+        if let Some(max) = swarm.clock_skew_ppm {
+            let rate = |rng: &mut R| rng.between(0, 2 * max) as i64 - max as i64;
+            for &node in nodes {
+                let ppm = rate(rng);
+                faults.push((0, Fault::ClockRate { node, ppm }));
+            }
+            let mut t = next_gap(rng, 3000);
+            while t < duration_ms {
+                let node = pick(rng);
+                let ppm = rate(rng);
+                faults.push((t, Fault::ClockRate { node, ppm }));
+                t += next_gap(rng, 3000);
+            }
+        }
+        if let (Some(mean), true) = (swarm.partition_every_ms, n >= 2) {
+            let mut t = next_gap(rng, mean);
+            while t < duration_ms {
+                let order = shuffled(rng, nodes);
+                let fault = match rng.below(4) {
+                    0 => Fault::IsolateLeader,
+                    1 if n >= 3 => {
+                        let cut = 1 + rng.below(n - 2) as usize;
+                        Fault::Bridge {
+                            bridge: order[0],
+                            side_a: order[1..=cut].to_vec(),
+                            side_b: order[cut + 1..].to_vec(),
+                        }
+                    }
+                    2 => {
+                        let cut = 1 + rng.below(n - 1) as usize;
+                        Fault::PartitionOneWay {
+                            from: order[..cut].to_vec(),
+                            to: order[cut..].to_vec(),
+                        }
+                    }
+                    _ => {
+                        let cut = 1 + rng.below(n - 1) as usize;
+                        Fault::Partition {
+                            side_a: order[..cut].to_vec(),
+                            side_b: order[cut..].to_vec(),
+                        }
+                    }
+                };
+                faults.push((t, fault));
+                let lasts = rng.between(50, 3000);
+                faults.push((t + lasts, Fault::Heal));
+                t += lasts + next_gap(rng, mean);
+            }
+        }
+        faults.sort_by_key(|(t, _)| *t);
+        Schedule { faults }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,6 +619,54 @@ mod tests {
                 .count();
             assert_eq!(stops, restarts);
         }
+    }
+
+    #[test]
+    fn cluster_schedules_are_deterministic_and_undo_what_they_do() {
+        let nodes = [1, 2, 3, 4, 5];
+        let mut kinds = std::collections::BTreeSet::new();
+        for seed in 0..200 {
+            let mut a = Counter(seed);
+            let swarm = ClusterSwarm::draw(&mut a, &nodes);
+            let s1 = Schedule::generate_cluster(&mut a, &swarm, &nodes, 20_000);
+            let mut b = Counter(seed);
+            let swarm2 = ClusterSwarm::draw(&mut b, &nodes);
+            assert_eq!(swarm, swarm2);
+            assert_eq!(
+                s1,
+                Schedule::generate_cluster(&mut b, &swarm2, &nodes, 20_000)
+            );
+            assert!(s1.faults.windows(2).all(|w| w[0].0 <= w[1].0));
+            let count = |f: fn(&Fault) -> bool| s1.faults.iter().filter(|(_, x)| f(x)).count();
+            assert_eq!(
+                count(|f| matches!(f, Fault::Crash { .. } | Fault::Kill { .. })),
+                count(|f| matches!(f, Fault::Restart { .. }))
+            );
+            assert_eq!(
+                count(|f| matches!(
+                    f,
+                    Fault::Partition { .. }
+                        | Fault::PartitionOneWay { .. }
+                        | Fault::Bridge { .. }
+                        | Fault::IsolateLeader
+                )),
+                count(|f| matches!(f, Fault::Heal))
+            );
+            for (_, f) in &s1.faults {
+                if let Fault::Bridge {
+                    bridge,
+                    side_a,
+                    side_b,
+                } = f
+                {
+                    assert!(!side_a.is_empty() && !side_b.is_empty());
+                    assert!(!side_a.contains(bridge) && !side_b.contains(bridge));
+                }
+                kinds.insert(f.to_string().split(' ').next().unwrap_or("").to_string());
+            }
+        }
+        // Every kind of fault shows up somewhere in 200 seeds.
+        assert!(kinds.len() >= 10, "{} kinds", kinds.len());
     }
 
     #[test]

@@ -35,12 +35,16 @@ pub struct RunArgs {
     pub check_determinism: bool,
     /// Turn these fault kinds off whatever the seed drew (comma-separated:
     /// crash, kill, clock-jump, read-flip, latent-rot, misdirect, no-space,
-    /// sync-error, buggify, net-loss). What `sim shrink` prints uses this.
+    /// sync-error, buggify, net-loss, pause, partition, net-dup,
+    /// clock-skew). What `sim shrink` prints uses this.
     #[arg(long, value_delimiter = ',', value_parser = parse_fault_kind)]
     pub disable: Vec<FaultKind>,
     /// End the safety phase after at most this many simulated milliseconds.
     #[arg(long)]
     pub safety_ms: Option<u64>,
+    /// The cluster workload's node count (3 or 5) [default: the seed's choice].
+    #[arg(long)]
+    pub nodes: Option<usize>,
 }
 
 impl RunArgs {
@@ -51,6 +55,7 @@ impl RunArgs {
                 disabled: self.disable.iter().copied().collect(),
                 safety_ms: self.safety_ms,
             },
+            nodes: self.nodes,
             ..RunOptions::new(self.seed, self.workload)
         }
     }
@@ -66,6 +71,9 @@ pub struct ShrinkArgs {
     /// Print the shrunk run's trace.
     #[arg(long)]
     pub trace: bool,
+    /// The cluster workload's node count [default: the seed's choice].
+    #[arg(long)]
+    pub nodes: Option<usize>,
 }
 
 pub fn parse_fault_kind(s: &str) -> Result<FaultKind, String> {
@@ -91,6 +99,9 @@ pub struct SwarmArgs {
     /// Print one JSON object at the end (live failures go to stderr).
     #[arg(long)]
     pub json: bool,
+    /// The cluster workload's node count (3 or 5) [default: each seed's choice].
+    #[arg(long)]
+    pub nodes: Option<usize>,
 }
 
 pub fn parse_workload(s: &str) -> Result<Workload, String> {
@@ -331,6 +342,7 @@ pub fn cmd_shrink(args: &ShrinkArgs) -> bool {
     install_panic_hook(true);
     let opts = RunOptions {
         trace: args.trace,
+        nodes: args.nodes,
         ..RunOptions::new(args.seed, args.workload)
     };
     let start = Instant::now();
@@ -482,6 +494,7 @@ fn fail_line(o: &Outcome) -> String {
 pub fn swarm<F>(
     seeds: Range<u64>,
     workload: Workload,
+    nodes: Option<usize>,
     jobs: usize,
     check_determinism: bool,
     on_failure: F,
@@ -513,7 +526,10 @@ where
             };
             s.spawn(move || {
                 while let Some(seed) = claim() {
-                    let opts = RunOptions::new(seed, workload);
+                    let opts = RunOptions {
+                        nodes,
+                        ..RunOptions::new(seed, workload)
+                    };
                     let o = run_seed(&opts, check_determinism);
                     let runs = if check_determinism { 2 } else { 1 };
                     simulated_ref.fetch_add(o.simulated_ms * runs, Ordering::Relaxed);
@@ -557,6 +573,7 @@ pub fn cmd_swarm(args: &SwarmArgs) -> bool {
     let summary = swarm(
         args.seeds.clone(),
         args.workload,
+        args.nodes,
         jobs,
         args.check_determinism,
         |o| {
@@ -643,6 +660,7 @@ mod tests {
         assert_eq!(parse_workload("storage"), Ok(Workload::Storage));
         assert_eq!(parse_workload("broker"), Ok(Workload::Broker));
         assert_eq!(parse_workload("groups"), Ok(Workload::Groups));
+        assert_eq!(parse_workload("cluster"), Ok(Workload::Cluster));
         assert!(parse_workload("nope").unwrap_err().contains("storage"));
     }
 

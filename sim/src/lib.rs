@@ -8,6 +8,7 @@
 //! hashes.
 
 pub mod broker;
+pub mod cluster;
 pub mod disk;
 pub mod groups;
 pub mod net;
@@ -32,16 +33,28 @@ pub enum Workload {
     /// join, sync, heartbeat, consume and commit while they and the broker
     /// crash, pause and lose messages.
     Groups,
+    /// A cluster of 3 or 5 combined broker and controller nodes, each a
+    /// metadata quorum member (Raft, the image, the controller) on its own
+    /// simulated disk, under partitions, crashes, pauses, clock skew and
+    /// disk faults; brokers register and heartbeat, clients create and
+    /// delete topics.
+    Cluster,
 }
 
 impl Workload {
-    pub const ALL: &'static [Workload] = &[Workload::Storage, Workload::Broker, Workload::Groups];
+    pub const ALL: &'static [Workload] = &[
+        Workload::Storage,
+        Workload::Broker,
+        Workload::Groups,
+        Workload::Cluster,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Workload::Storage => "storage",
             Workload::Broker => "broker",
             Workload::Groups => "groups",
+            Workload::Cluster => "cluster",
         }
     }
 
@@ -64,6 +77,9 @@ pub struct RunOptions {
     pub trace: bool,
     /// Changes to what the seed drew, for shrinking a failure.
     pub overrides: Overrides,
+    /// The cluster workload's node count (3 or 5); `None` lets the seed
+    /// choose. Other workloads run one node and ignore it.
+    pub nodes: Option<usize>,
 }
 
 impl RunOptions {
@@ -73,13 +89,18 @@ impl RunOptions {
             workload,
             trace: false,
             overrides: Overrides::default(),
+            nodes: None,
         }
     }
 
     /// The command that reproduces this run.
     pub fn replay_command(&self) -> String {
+        let nodes = match self.nodes {
+            Some(n) => format!(" --nodes {n}"),
+            None => String::new(),
+        };
         format!(
-            "odradek sim run --seed {} --workload {}{}",
+            "odradek sim run --seed {} --workload {}{nodes}{}",
             self.seed,
             self.workload,
             self.overrides.to_args()
@@ -104,8 +125,15 @@ pub enum FaultKind {
     /// resets).
     NetLoss,
     /// Clients stop for a while (a GC pause, SIGSTOP): the groups
-    /// workload's members.
+    /// workload's members; the cluster workload's nodes.
     Pause,
+    /// Links between nodes cut (halves, the leader isolated, a bridge,
+    /// one way): the cluster workload.
+    Partition,
+    /// Messages between nodes delivered twice: the cluster workload.
+    NetDup,
+    /// Nodes' clocks running at different rates: the cluster workload.
+    ClockSkew,
 }
 
 impl FaultKind {
@@ -121,6 +149,9 @@ impl FaultKind {
         FaultKind::Buggify,
         FaultKind::NetLoss,
         FaultKind::Pause,
+        FaultKind::Partition,
+        FaultKind::NetDup,
+        FaultKind::ClockSkew,
     ];
 
     pub fn name(self) -> &'static str {
@@ -136,6 +167,9 @@ impl FaultKind {
             FaultKind::Buggify => "buggify",
             FaultKind::NetLoss => "net-loss",
             FaultKind::Pause => "pause",
+            FaultKind::Partition => "partition",
+            FaultKind::NetDup => "net-dup",
+            FaultKind::ClockSkew => "clock-skew",
         }
     }
 
@@ -328,6 +362,7 @@ pub fn run(opts: &RunOptions) -> RunReport {
         Workload::Storage => storage::run(opts),
         Workload::Broker => broker::run(opts),
         Workload::Groups => groups::run(opts),
+        Workload::Cluster => cluster::run(opts),
     }
 }
 
@@ -364,7 +399,7 @@ mod tests {
         assert_eq!(
             s.options.replay_command(),
             format!(
-                "odradek sim run --seed 5 --workload storage --disable kill,clock-jump,read-flip,latent-rot,misdirect,no-space,sync-error,buggify,net-loss,pause --safety-ms {ms}"
+                "odradek sim run --seed 5 --workload storage --disable kill,clock-jump,read-flip,latent-rot,misdirect,no-space,sync-error,buggify,net-loss,pause,partition,net-dup,clock-skew --safety-ms {ms}"
             )
         );
     }

@@ -139,12 +139,19 @@ impl SimNetwork {
         self.cut.clear();
     }
 
+    /// Whether the link from `from` to `to` is up.
+    pub fn link_is_up(&self, from: NodeId, to: NodeId) -> bool {
+        !self.cut.contains(&(from, to))
+    }
+
     /// Applies a nemesis fault if it is a network fault; returns whether it
-    /// was one.
+    /// was one. [`Fault::IsolateLeader`] is not: only the executor knows
+    /// who leads, and it applies the partition that names the node.
     pub fn apply(&mut self, fault: &Fault) -> bool {
         match fault {
             Fault::Partition { side_a, side_b } => self.partition(side_a, side_b),
             Fault::PartitionOneWay { from, to } => self.partition_one_way(from, to),
+            Fault::Bridge { side_a, side_b, .. } => self.partition(side_a, side_b),
             Fault::Heal => self.heal(),
             _ => return false,
         }

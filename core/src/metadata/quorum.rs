@@ -66,7 +66,8 @@ struct RpcWaiter {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum RpcKind {
-    Register(i32),
+    /// The broker id and the incarnation registering.
+    Register(i32, u128),
     Heartbeat(i32),
     Items,
     ProducerIds(i64),
@@ -264,8 +265,15 @@ impl<S: RaftStore, W> QuorumNode<S, W> {
         };
         let failed = status.0 != 0;
         match rw.kind {
-            RpcKind::Register(id) => {
-                let epoch = self.image.brokers.get(&id).map_or(-1, |b| b.epoch);
+            RpcKind::Register(id, incarnation) => {
+                // Only this process's own registration counts: a committed
+                // one of an earlier incarnation is not it.
+                let epoch = self
+                    .image
+                    .brokers
+                    .get(&id)
+                    .filter(|b| b.incarnation == incarnation)
+                    .map_or(-1, |b| b.epoch);
                 if failed || epoch == -1 {
                     // A retry of a registration still on its way to commit.
                     let status = if failed {
@@ -334,7 +342,7 @@ impl<S: RaftStore, W> QuorumNode<S, W> {
         let (batch, kind, items): (Vec<MetadataRecord>, RpcKind, Vec<Option<Refusal>>) = match &req
         {
             Request::Register(r) => match c.register(r, now_ms) {
-                Ok(b) => (b, RpcKind::Register(r.id), vec![]),
+                Ok(b) => (b, RpcKind::Register(r.id, r.incarnation), vec![]),
                 Err(e) => return self.reply(from, correlation, &Response::failed(&req, e)),
             },
             Request::Heartbeat(h) => match c.heartbeat(h, now_ms) {

@@ -412,6 +412,64 @@ fn brokers_reach_the_controller_through_any_node() {
     assert_eq!(status.0, controller::code::STALE_BROKER_EPOCH);
 }
 
+/// A restarted broker (a new incarnation) whose registration is retried
+/// before it commits must not be handed the epoch of the registration its
+/// previous process left in the image: that epoch is another process's.
+/// Found by the simulator's cluster workload (seed 1904).
+#[test]
+fn a_retried_registration_is_not_answered_with_the_previous_incarnations_epoch() {
+    let mut net = Net::new();
+    net.run(2_000);
+    let (leader, _) = net.controller();
+    let reg = |incarnation| {
+        rpc::Request::Register(Registration {
+            id: BROKER,
+            cluster_id: "c".into(),
+            incarnation,
+            endpoints: vec![],
+            rack: None,
+        })
+    };
+    let rpc::Response::Register { epoch: old, .. } = call(&mut net, leader, &reg(77)) else {
+        panic!("not a registration answer");
+    };
+    assert!(old >= 0);
+    // The process restarts (its old registration is still fenced) and
+    // registers twice before the first attempt can commit.
+    let now = net.now;
+    for correlation in [100, 101] {
+        let payload = rpc::encode_request(correlation, &reg(78));
+        net.nodes
+            .get_mut(&leader)
+            .unwrap()
+            .step(now, BROKER, &payload, &mut net.rng)
+            .unwrap();
+    }
+    net.run(50);
+    let answers: BTreeMap<u64, rpc::Response> = net
+        .broker_inbox
+        .drain(..)
+        .map(|p| match rpc::decode(&p).expect("answers decode") {
+            rpc::Frame::Response(c, r) => (c, r),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let rpc::Response::Register { status, epoch } = &answers[&101] else {
+        panic!("{answers:?}");
+    };
+    assert_ne!(*epoch, old, "the retry got the old incarnation's epoch");
+    assert_eq!(
+        (status.0, *epoch),
+        (7, -1),
+        "REQUEST_TIMED_OUT until it commits"
+    );
+    let rpc::Response::Register { status, epoch } = &answers[&100] else {
+        panic!("{answers:?}");
+    };
+    assert_eq!(status.0, 0);
+    assert!(*epoch > old);
+}
+
 #[test]
 fn controller_frames_round_trip_and_refuse_corruption() {
     let reqs = [

@@ -41,7 +41,10 @@ use std::collections::BTreeSet;
 
 use odradek_core::group::{ClassicState, Kind};
 use stateright::actor::{Actor, ActorModel, ActorModelState, Id, LossyNetwork, Network, Out};
-use stateright::{Checker, Expectation, HasDiscoveries, Model};
+use stateright::Expectation;
+
+use crate::check;
+pub use crate::check::{Outcome, Search};
 
 use coordinator::{CoordinatorNode, CoordinatorState};
 use member::{MemberNode, MemberState};
@@ -470,75 +473,6 @@ impl Config {
     }
 }
 
-/// What a bounded BFS run found.
-pub struct Outcome {
-    /// The depth bound, in steps from the start.
-    pub depth: usize,
-    /// Whether every state within the bound was checked (breadth first, one
-    /// thread), rather than nearly every one.
-    pub exact: bool,
-    /// States generated, with repeats; those one step past the bound are
-    /// generated (and counted) but not checked.
-    pub states: usize,
-    pub unique_states: usize,
-    /// Property name, and for a discovery the path to it (the actions, one
-    /// a line).
-    pub discoveries: Vec<(&'static str, Vec<String>)>,
-}
-
-impl Outcome {
-    pub fn found(&self, name: &str) -> bool {
-        self.discoveries.iter().any(|(n, _)| *n == name)
-    }
-
-    /// The `always` properties with a counterexample.
-    pub fn violated(&self) -> Vec<&'static str> {
-        self.discoveries
-            .iter()
-            .map(|(n, _)| *n)
-            .filter(|n| SAFETY.contains(n))
-            .collect()
-    }
-
-    pub fn trace(&self, name: &str) -> Option<&[String]> {
-        self.discoveries
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, t)| t.as_slice())
-    }
-
-    /// One line for a report. No time in it: the model crate does not
-    /// read the wall clock; time a run from outside (`time cargo run ...`).
-    pub fn summary(&self) -> String {
-        format!(
-            "{} within {} steps checked: {} states generated, {} unique",
-            if self.exact {
-                "every state"
-            } else {
-                "states (not all)"
-            },
-            self.depth,
-            self.states,
-            self.unique_states,
-        )
-    }
-}
-
-/// How to search.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Search {
-    /// Breadth first. With one thread the search is level by level, so the
-    /// depth bound is exact; with more, threads run ahead of one another
-    /// and a state first reached by a longer path can be cut off at the
-    /// bound: faster, but "every state within the bound" is then only
-    /// nearly true. Memory grows with the frontier, whole states.
-    Bfs,
-    /// Depth first: memory for fingerprints only, so it goes much deeper,
-    /// but a state first reached by a long path is not searched again when
-    /// a shorter one reaches it, so the bound is not exact. For hunting.
-    Dfs,
-}
-
 /// Breadth-first search of `cfg`'s model, single-threaded, checking every
 /// state at most `depth` steps from the start. Stops early only once every
 /// property has a discovery.
@@ -555,75 +489,26 @@ pub fn search(
     threads: usize,
     max_states: Option<usize>,
 ) -> Outcome {
-    run(cfg, depth, how, threads, max_states, HasDiscoveries::All)
+    check::run(
+        cfg.into_model(),
+        depth,
+        how,
+        threads,
+        max_states,
+        check::until_all(),
+    )
 }
 
 /// Breadth-first search, single-threaded, that stops as soon as
 /// `property` has a discovery (for an `always` property, a counterexample:
 /// one of the shortest).
 pub fn find(cfg: Config, depth: usize, property: &'static str) -> Outcome {
-    run(
-        cfg,
+    check::run(
+        cfg.into_model(),
         depth,
         Search::Bfs,
         1,
         None,
-        HasDiscoveries::AnyOf(BTreeSet::from([property])),
+        check::until(property),
     )
-}
-
-fn run(
-    cfg: Config,
-    depth: usize,
-    how: Search,
-    threads: usize,
-    max_states: Option<usize>,
-    until: HasDiscoveries,
-) -> Outcome {
-    let model = cfg.into_model();
-    let mut builder = model
-        .checker()
-        .threads(threads)
-        // stateright counts the initial state as depth 1 and checks the
-        // states above its target depth.
-        .target_max_depth(depth + 2)
-        .finish_when(until);
-    if let Some(n) = max_states {
-        builder = builder.target_state_count(n);
-    }
-    let out = match how {
-        Search::Bfs => outcome(builder.spawn_bfs().join(), depth, threads == 1),
-        Search::Dfs => outcome(builder.spawn_dfs().join(), depth, false),
-    };
-    // Stopped at the state budget: not everything within the bound.
-    let cut = max_states.is_some_and(|n| out.states >= n);
-    Outcome {
-        exact: out.exact && !cut,
-        ..out
-    }
-}
-
-fn outcome(checker: impl Checker<GroupModel>, depth: usize, exact: bool) -> Outcome {
-    let mut discoveries: Vec<(&'static str, Vec<String>)> = checker
-        .discoveries()
-        .into_iter()
-        .map(|(name, path)| {
-            let model = checker.model();
-            let steps = path
-                .into_vec()
-                .into_iter()
-                .filter_map(|(_, action)| action)
-                .map(|a| model.format_action(&a))
-                .collect();
-            (name, steps)
-        })
-        .collect();
-    discoveries.sort_by_key(|(n, _)| *n);
-    Outcome {
-        depth,
-        exact,
-        states: checker.state_count(),
-        unique_states: checker.unique_state_count(),
-        discoveries,
-    }
 }

@@ -4,10 +4,20 @@
 
 use odradek_sim::{run, RunOptions, Workload};
 
+// Not every test crate that includes this module calls both.
+#[allow(dead_code)]
 pub fn check_seeds(workload: Workload, seeds: std::ops::Range<u64>) {
+    check_seeds_with(workload, None, seeds);
+}
+
+/// The same, with the node count fixed (the cluster workload's `--nodes`).
+pub fn check_seeds_with(workload: Workload, nodes: Option<usize>, seeds: std::ops::Range<u64>) {
     let mut failures = Vec::new();
     for seed in seeds.clone() {
-        let opts = RunOptions::new(seed, workload);
+        let opts = RunOptions {
+            nodes,
+            ..RunOptions::new(seed, workload)
+        };
         let first = run(&opts);
         let second = run(&opts);
         assert!(
