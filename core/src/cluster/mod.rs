@@ -303,6 +303,15 @@ impl<D: Disk + Clone> Node<D> {
         out
     }
 
+    /// Syncs and closes the broker's logs, after the last request. The
+    /// Raft store needs nothing: it syncs each write before relying on it.
+    pub fn shutdown(self) -> Result<(), String> {
+        match self.broker {
+            Some(b) => b.shutdown(),
+            None => Ok(()),
+        }
+    }
+
     pub fn conn_closed(&mut self, conn: ConnId) {
         if let Some(b) = self.broker.as_mut() {
             b.connection_closed(conn);
