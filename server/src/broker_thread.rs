@@ -25,8 +25,51 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use odradek_core::io::clock::{Clock, Instant};
 use odradek_core::io::Disk;
-use odradek_core::kafka::{Broker, ConnId, FrameOutcome};
+use odradek_core::kafka::{Broker, Completion, ConnId, FrameOutcome};
 use tokio::sync::oneshot;
+
+/// What the broker thread steps: a single-node [`Broker`], or a cluster
+/// node (Raft, controller and broker) that also talks to other nodes.
+pub trait Engine {
+    fn handle_frame(&mut self, conn: ConnId, frame: &[u8], clock: &dyn Clock) -> FrameOutcome;
+    fn poll(&mut self, clock: &dyn Clock) -> Vec<Completion>;
+    /// When the engine has work of its own; `None` for never.
+    fn next_deadline(&self) -> Option<Instant>;
+    fn connection_closed(&mut self, conn: ConnId);
+    fn set_client_host(&mut self, conn: ConnId, host: String);
+    /// A payload from another cluster node.
+    fn peer_message(&mut self, _from: i32, _payload: &[u8], _clock: &dyn Clock) {}
+    /// Payloads for other cluster nodes, as (node id, payload).
+    fn take_peer_messages(&mut self) -> Vec<(i32, Vec<u8>)> {
+        Vec::new()
+    }
+    /// Syncs and closes everything, after the last request.
+    fn shutdown(self) -> Result<(), String>;
+}
+
+impl<D: Disk + Clone> Engine for Broker<D> {
+    fn handle_frame(&mut self, conn: ConnId, frame: &[u8], clock: &dyn Clock) -> FrameOutcome {
+        Broker::handle_frame(self, conn, frame, clock)
+    }
+    fn poll(&mut self, clock: &dyn Clock) -> Vec<Completion> {
+        Broker::poll(self, clock)
+    }
+    fn next_deadline(&self) -> Option<Instant> {
+        Broker::next_deadline(self)
+    }
+    fn connection_closed(&mut self, conn: ConnId) {
+        Broker::connection_closed(self, conn)
+    }
+    fn set_client_host(&mut self, conn: ConnId, host: String) {
+        Broker::set_client_host(self, conn, host)
+    }
+    fn shutdown(self) -> Result<(), String> {
+        Broker::shutdown(self)
+    }
+}
+
+/// Where the engine's messages for other nodes go (the peer network).
+pub type PeerSender = Box<dyn Fn(i32, Vec<u8>) + Send>;
 
 /// The real clock: monotonic time since the process started, and the
 /// system's wall clock.
@@ -108,6 +151,8 @@ enum Command {
     Closed(ConnId),
     /// A new connection from this peer (as group descriptions show it).
     Opened(ConnId, String),
+    /// A payload from another cluster node.
+    Peer(i32, Vec<u8>),
 }
 
 /// The way into whichever driver owns the broker.
@@ -175,13 +220,22 @@ impl BrokerThread {
     }
 }
 
-pub fn spawn<D>(
-    broker: Broker<D>,
+pub fn spawn<E>(broker: E, clock: SystemClock) -> std::io::Result<(BrokerHandle, BrokerThread)>
+where
+    E: Engine + Send + 'static,
+{
+    spawn_with_peers(broker, clock, Box::new(|_, _| {}))
+}
+
+/// As [`spawn`], for an engine that talks to other nodes: what it has for
+/// them goes to `peers` after every round.
+pub fn spawn_with_peers<E>(
+    broker: E,
     clock: SystemClock,
+    peers: PeerSender,
 ) -> std::io::Result<(BrokerHandle, BrokerThread)>
 where
-    D: Disk + Clone + Send + 'static,
-    D::File: Send,
+    E: Engine + Send + 'static,
 {
     let (tx, rx) = mpsc::channel();
     let (end_tx, end_rx) = oneshot::channel();
@@ -189,7 +243,7 @@ where
         .name("odradek-broker".into())
         .spawn(move || {
             let _signal = EndSignal(Some(end_tx));
-            run_thread(Driver::new(broker, clock), rx)
+            run_thread(Driver::new(broker, clock, peers), rx)
         })?;
     Ok((
         BrokerHandle::new(Commands::Thread(tx)),
@@ -213,7 +267,10 @@ where
     D: Disk + Clone + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let task = tokio::task::spawn_local(run_task(Driver::new(broker, clock), rx));
+    let task = tokio::task::spawn_local(run_task(
+        Driver::new(broker, clock, Box::new(|_, _| {})),
+        rx,
+    ));
     (BrokerHandle::new(Commands::Task(tx)), task)
 }
 
@@ -255,24 +312,32 @@ impl BrokerHandle {
         // The broker being gone already forgot the connection.
         let _ = self.tx.send(Command::Closed(conn));
     }
+
+    /// A payload from cluster node `from`; dropped if the engine is gone,
+    /// as the network may drop any message.
+    pub fn peer(&self, from: i32, payload: Vec<u8>) {
+        let _ = self.tx.send(Command::Peer(from, payload));
+    }
 }
 
 /// The broker and the requests it has deferred: what both drivers share.
 /// A driver waits for a command or [`Driver::wait`], hands it and every
 /// command already queued to [`Driver::handle`], then calls
 /// [`Driver::poll`] once (the round that group commit needs).
-struct Driver<D: Disk + Clone, C: Clock> {
-    broker: Broker<D>,
+struct Driver<E: Engine, C: Clock> {
+    broker: E,
     clock: C,
     waiting: BTreeMap<ConnId, oneshot::Sender<FrameOutcome>>,
+    peers: PeerSender,
 }
 
-impl<D: Disk + Clone, C: Clock> Driver<D, C> {
-    fn new(broker: Broker<D>, clock: C) -> Driver<D, C> {
+impl<E: Engine, C: Clock> Driver<E, C> {
+    fn new(broker: E, clock: C, peers: PeerSender) -> Driver<E, C> {
         Driver {
             broker,
             clock,
             waiting: BTreeMap::new(),
+            peers,
         }
     }
 
@@ -303,6 +368,7 @@ impl<D: Disk + Clone, C: Clock> Driver<D, C> {
                 self.broker.connection_closed(conn);
             }
             Command::Opened(conn, host) => self.broker.set_client_host(conn, host),
+            Command::Peer(from, payload) => self.broker.peer_message(from, &payload, &self.clock),
         }
     }
 
@@ -312,6 +378,9 @@ impl<D: Disk + Clone, C: Clock> Driver<D, C> {
                 let _ = reply.send(done.outcome);
             }
         }
+        for (to, payload) in self.broker.take_peer_messages() {
+            (self.peers)(to, payload);
+        }
     }
 
     fn shutdown(self) -> Result<(), String> {
@@ -319,8 +388,8 @@ impl<D: Disk + Clone, C: Clock> Driver<D, C> {
     }
 }
 
-fn run_thread<D: Disk + Clone>(
-    mut driver: Driver<D, SystemClock>,
+fn run_thread<E: Engine>(
+    mut driver: Driver<E, SystemClock>,
     rx: mpsc::Receiver<Command>,
 ) -> Result<(), String> {
     loop {
@@ -338,8 +407,8 @@ fn run_thread<D: Disk + Clone>(
     driver.shutdown()
 }
 
-async fn run_task<D: Disk + Clone>(
-    mut driver: Driver<D, TokioClock>,
+async fn run_task<E: Engine>(
+    mut driver: Driver<E, TokioClock>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Command>,
 ) -> Result<(), String> {
     loop {
