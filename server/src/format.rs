@@ -87,7 +87,7 @@ pub fn ensure(
                 (None, false, true) => {
                     return Err(format!(
                         "the data directory {} is not formatted: start every node of a new cluster with the same --cluster-id, \
-                         for example --cluster-id {}",
+                         for example --cluster-id={}",
                         dir.display(),
                         new_cluster_id()?
                     ))
@@ -152,7 +152,9 @@ fn write(dir: &Path, cluster_id: &str, node_id: i32) -> Result<(), String> {
     f.write_all(text.as_bytes()).map_err(err)?;
     f.sync_all().map_err(err)?;
     fs::rename(&tmp, &path).map_err(err)?;
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(err)?;
     Ok(())
 }
 
@@ -165,8 +167,7 @@ pub fn new_cluster_id() -> Result<String, String> {
 }
 
 fn base64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
         let n = chunk

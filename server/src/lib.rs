@@ -2,9 +2,12 @@
 //! core's interfaces, and the commands of the `odradek` binary.
 
 pub mod broker_thread;
+pub mod cluster_run;
+pub mod dev_cmd;
 pub mod disk;
+pub mod format;
 pub mod kafka_listener;
-pub mod net;
+pub mod peer;
 pub mod perf;
 pub mod server_cmd;
 pub mod sim_cmd;

@@ -21,17 +21,14 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::broker_thread::{self, SystemClock};
+use crate::cluster_run;
 use crate::disk::FsDisk;
+use crate::format;
 use crate::kafka_listener::{
     KafkaListener, ListenerConfig, DEFAULT_CONNECTIONS_MAX_IDLE_MS, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_REQUEST_BYTES,
 };
 use crate::outln;
-
-/// A single node's cluster id. The data directory records it, and a
-/// directory recorded for another cluster is refused; generating ids comes
-/// with the Raft cluster (`odradek server` formatting on first start).
-const CLUSTER_ID: &str = "odradek-dev";
 
 const DEFAULT_LISTENERS: &str = "PLAINTEXT://127.0.0.1:9092";
 const DEFAULT_LOG_DIRS: &str = "./odradek-data";
@@ -66,6 +63,9 @@ pub const KEYS: &[&str] = &[
     "group.consumer.max.session.timeout.ms",
     "group.consumer.min.heartbeat.interval.ms",
     "group.consumer.max.heartbeat.interval.ms",
+    "process.roles",
+    "controller.quorum.voters",
+    "cluster.id",
 ];
 
 /// Coarser spellings Kafka accepts for two topic defaults, as (key, the
@@ -150,6 +150,20 @@ pub struct ServerArgs {
     /// `message.max.bytes`: default largest batch [default: 1048588]
     #[arg(long, value_name = "BYTES")]
     pub message_max_bytes: Option<String>,
+    /// `process.roles`: `broker`, `controller` or `broker,controller`; unset
+    /// runs a single node without a metadata quorum
+    #[arg(long, value_name = "ROLES")]
+    pub process_roles: Option<String>,
+    /// `controller.quorum.voters`: `ID@HOST:PORT,…`, every controller's id and
+    /// controller listener
+    #[arg(long, value_name = "ID@HOST:PORT,...")]
+    pub controller_quorum_voters: Option<String>,
+    /// `cluster.id`: formats a new data directory for this cluster (every
+    /// node of a cluster the same); a directory of another cluster is
+    /// refused [default: a new id for a single node; required for a new
+    /// cluster node]
+    #[arg(long, value_name = "ID")]
+    pub cluster_id: Option<String>,
     /// Any other setting, by its Kafka name (repeatable), as Kafka's
     /// `kafka-server-start --override`.
     #[arg(long = "override", value_name = "KEY=VALUE")]
@@ -172,6 +186,9 @@ impl ServerArgs {
             "log.retention.ms" => self.log_retention_ms.as_deref(),
             "log.segment.bytes" => self.log_segment_bytes.as_deref(),
             "message.max.bytes" => self.message_max_bytes.as_deref(),
+            "process.roles" => self.process_roles.as_deref(),
+            "controller.quorum.voters" => self.controller_quorum_voters.as_deref(),
+            "cluster.id" => self.cluster_id.as_deref(),
             _ => self
                 .overrides
                 .iter()
@@ -263,6 +280,22 @@ pub struct ServerConfig {
     pub group: GroupConfig,
     /// Broker-wide topic defaults the operator set, by Kafka name.
     pub topic_defaults: BTreeMap<String, String>,
+    /// `cluster.id`, if given.
+    pub cluster_id: Option<String>,
+    /// `None`: a single node without a metadata quorum.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// A node of a cluster with a Raft metadata quorum.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterSettings {
+    pub broker: bool,
+    pub controller: bool,
+    /// `controller.quorum.voters`: id → its controller listener.
+    pub voters: BTreeMap<i32, Endpoint>,
+    /// Where a controller accepts other nodes: the `CONTROLLER://` entry of
+    /// `listeners`, else its own entry in the voters.
+    pub controller_listener: Option<Endpoint>,
 }
 
 /// Parses a properties file: `key=value` per line, surrounding whitespace
@@ -361,12 +394,67 @@ pub fn resolve(
     };
 
     let listeners = get("listeners", DEFAULT_LISTENERS);
-    let listener =
-        parse_endpoint(&listeners.0).map_err(|why| bad("listeners", &listeners, &why))?;
+    let (plaintext, controller_listener) =
+        parse_listeners(&listeners.0).map_err(|why| bad("listeners", &listeners, &why))?;
+    let roles = chosen.get("process.roles").cloned();
+    let voters_given = chosen.get("controller.quorum.voters").cloned();
+    let cluster = match (&roles, &voters_given) {
+        (None, None) => {
+            if controller_listener.is_some() {
+                return Err(bad(
+                    "listeners",
+                    &listeners,
+                    "a CONTROLLER listener needs process.roles and controller.quorum.voters",
+                ));
+            }
+            None
+        }
+        (None, Some(v)) => {
+            return Err(bad(
+                "controller.quorum.voters",
+                v,
+                "process.roles must be set too (broker, controller, or broker,controller)",
+            ))
+        }
+        (Some(r), None) => {
+            return Err(bad(
+                "process.roles",
+                r,
+                "controller.quorum.voters must be set too (ID@HOST:PORT,…)",
+            ))
+        }
+        (Some(r), Some(v)) => {
+            let (broker, controller) =
+                parse_roles(&r.0).map_err(|why| bad("process.roles", r, &why))?;
+            let voters =
+                parse_voters(&v.0).map_err(|why| bad("controller.quorum.voters", v, &why))?;
+            Some(ClusterSettings {
+                broker,
+                controller,
+                voters,
+                controller_listener: controller_listener.clone(),
+            })
+        }
+    };
+    let listener = match (&plaintext, &cluster) {
+        (Some(l), _) => l.clone(),
+        (None, Some(c)) if !c.broker => Endpoint {
+            host: "127.0.0.1".into(),
+            port: 0,
+        },
+        (None, _) => {
+            return Err(bad(
+                "listeners",
+                &listeners,
+                "a broker needs a PLAINTEXT listener",
+            ))
+        }
+    };
     let advertised = match chosen.get("advertised.listeners") {
         Some(given) => {
-            let e =
-                parse_endpoint(&given.0).map_err(|why| bad("advertised.listeners", given, &why))?;
+            let e = parse_listeners(&given.0)
+                .and_then(|(p, _)| p.ok_or_else(|| "expected PLAINTEXT://HOST:PORT".to_string()))
+                .map_err(|why| bad("advertised.listeners", given, &why))?;
             check_routable(&e).map_err(|why| bad("advertised.listeners", given, &why))?;
             e
         }
@@ -392,6 +480,35 @@ pub fn resolve(
                 "expected an integer from 0 to 2147483647",
             ))
         }
+    };
+
+    if let (Some(c), Some(r)) = (&cluster, &roles) {
+        let voter = c.voters.contains_key(&node_id);
+        if c.controller && !voter {
+            return Err(bad(
+                "process.roles",
+                r,
+                &format!(
+                    "a controller must be one of controller.quorum.voters, and node.id {node_id} is not"
+                ),
+            ));
+        }
+        if !c.controller && voter {
+            return Err(bad(
+                "process.roles",
+                r,
+                &format!(
+                    "node.id {node_id} is in controller.quorum.voters, so it must have the controller role"
+                ),
+            ));
+        }
+    }
+    let cluster_id = match chosen.get("cluster.id") {
+        Some(given) => {
+            check_cluster_id(given.0.trim()).map_err(|why| bad("cluster.id", given, &why))?;
+            Some(given.0.trim().to_string())
+        }
+        None => None,
     };
 
     let dirs = get("log.dirs", DEFAULT_LOG_DIRS);
@@ -465,13 +582,19 @@ pub fn resolve(
         }
     };
     let num_partitions = int_in("num.partitions", "1", 1, 10_000)? as i32;
-    let default_replication_factor = int_in("default.replication.factor", "1", 1, 1)? as i16;
+    // One copy is all a single node can keep; a cluster's controller checks
+    // the factor against the brokers it has.
+    let max_rf = if cluster.is_some() {
+        i64::from(i16::MAX)
+    } else {
+        1
+    };
+    let default_replication_factor = int_in("default.replication.factor", "1", 1, max_rf)? as i16;
     let retention_check_interval_ms =
         int_in("log.retention.check.interval.ms", "300000", 1, i64::MAX)? as u64;
     let offsets_topic_num_partitions =
         int_in("offsets.topic.num.partitions", "50", 1, 1000)? as i32;
-    // One copy is all a single node can keep; the cluster issue lifts this.
-    int_in("offsets.topic.replication.factor", "1", 1, 1)?;
+    int_in("offsets.topic.replication.factor", "1", 1, max_rf)?;
     let max = i64::from(i32::MAX);
     let group = GroupConfig {
         offsets_retention_ms: int_in("offsets.retention.minutes", "10080", 1, max)? * 60_000,
@@ -582,9 +705,98 @@ pub fn resolve(
             offsets_topic_num_partitions,
             group,
             topic_defaults,
+            cluster_id,
+            cluster,
         },
         warnings,
     ))
+}
+
+/// Parses `listeners`: `PLAINTEXT://HOST:PORT`, optionally with a
+/// `CONTROLLER://HOST:PORT` beside it, comma-separated.
+fn parse_listeners(value: &str) -> Result<(Option<Endpoint>, Option<Endpoint>), String> {
+    let mut plaintext = None;
+    let mut controller = None;
+    for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, rest) = part
+            .split_once("://")
+            .ok_or_else(|| format!("{part:?}: expected NAME://HOST:PORT"))?;
+        let slot = match name {
+            "PLAINTEXT" => &mut plaintext,
+            "CONTROLLER" => &mut controller,
+            other => {
+                return Err(format!(
+                    "listener {other:?} is not supported; only PLAINTEXT (and CONTROLLER, for a controller) are, so far"
+                ))
+            }
+        };
+        if slot.is_some() {
+            return Err(format!(
+                "{part}: only one listener of each name is supported"
+            ));
+        }
+        *slot = Some(parse_endpoint(&format!("PLAINTEXT://{rest}"))?);
+    }
+    if plaintext.is_none() && controller.is_none() {
+        return Err("expected PLAINTEXT://HOST:PORT".into());
+    }
+    Ok((plaintext, controller))
+}
+
+fn parse_roles(value: &str) -> Result<(bool, bool), String> {
+    let mut broker = false;
+    let mut controller = false;
+    for role in value.split(',').map(str::trim) {
+        match role {
+            "broker" if !broker => broker = true,
+            "controller" if !controller => controller = true,
+            "broker" | "controller" => return Err(format!("role {role:?} given twice")),
+            other => {
+                return Err(format!(
+                    "unknown role {other:?}: expected broker, controller, or broker,controller"
+                ))
+            }
+        }
+    }
+    Ok((broker, controller))
+}
+
+/// Parses `controller.quorum.voters`: `ID@HOST:PORT,…`.
+pub fn parse_voters(value: &str) -> Result<BTreeMap<i32, Endpoint>, String> {
+    let mut voters = BTreeMap::new();
+    for part in value.split(',').map(str::trim) {
+        let (id, addr) = part
+            .split_once('@')
+            .ok_or_else(|| format!("{part:?}: expected ID@HOST:PORT"))?;
+        let id: i32 =
+            id.parse().ok().filter(|i| *i >= 0).ok_or_else(|| {
+                format!("{part:?}: the id must be an integer from 0 to 2147483647")
+            })?;
+        let endpoint = parse_endpoint(&format!("PLAINTEXT://{addr}"))
+            .map_err(|why| format!("{part:?}: {why}"))?;
+        if endpoint.port == 0 || endpoint.host.is_empty() {
+            return Err(format!("{part:?}: a voter needs a host and a port"));
+        }
+        if voters.insert(id, endpoint).is_some() {
+            return Err(format!("voter {id} is listed twice"));
+        }
+    }
+    Ok(voters)
+}
+
+/// Kafka's cluster ids are 22 characters of URL-safe base64; any id of
+/// those characters is taken, as long as it is not absurd.
+pub fn check_cluster_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 64 {
+        return Err("expected 1 to 64 characters".into());
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err("expected letters, digits, '-' and '_' only".into());
+    }
+    Ok(())
 }
 
 /// Parses `PLAINTEXT://HOST:PORT` (one listener; IPv6 hosts in brackets).
@@ -702,27 +914,19 @@ async fn run(config: ServerConfig) -> Result<(), String> {
             config.log_dir.display()
         )
     })?;
-    let listen = resolve_listen_addr(&config.listener)?;
-    let listener = KafkaListener::bind(ListenerConfig {
-        listen,
-        max_request_bytes: config.socket_request_max_bytes,
-        connections_max_idle: config.connections_max_idle_ms.map(Duration::from_millis),
-        max_connections: config.max_connections,
-        ..ListenerConfig::default()
-    })
-    .await
-    .map_err(|e| format!("cannot listen on {}: {e}", config.listener))?;
-    let bound = listener
-        .local_addr()
-        .map_err(|e| format!("cannot read the bound address: {e}"))?;
-    let mut advertised = config.advertised.clone();
-    if advertised.port == 0 {
-        advertised.port = bound.port();
+    let identity = format::ensure(
+        &config.log_dir,
+        config.node_id,
+        config.cluster_id.as_deref(),
+        config.cluster.is_some(),
+    )?;
+    if identity.formatted {
+        tracing::info!(cluster_id = %identity.cluster_id, dir = %config.log_dir.display(), "formatted the data directory");
     }
     let mut broker_config = BrokerConfig::new(config.node_id, "");
-    broker_config.advertised_host = advertised.host.clone();
-    broker_config.advertised_port = i32::from(advertised.port);
-    broker_config.cluster_id = CLUSTER_ID.to_string();
+    broker_config.advertised_host = config.advertised.host.clone();
+    broker_config.advertised_port = i32::from(config.advertised.port);
+    broker_config.cluster_id = identity.cluster_id.clone();
     broker_config.num_partitions = config.num_partitions;
     broker_config.default_replication_factor = config.default_replication_factor;
     broker_config.auto_create_topics = config.auto_create_topics;
@@ -731,6 +935,23 @@ async fn run(config: ServerConfig) -> Result<(), String> {
     broker_config.offsets_topic_num_partitions = config.offsets_topic_num_partitions;
     broker_config.group = config.group.clone();
     broker_config.incarnation = incarnation()?;
+    if let Some(cluster) = config.cluster.clone() {
+        return cluster_run::run(
+            config,
+            cluster,
+            identity,
+            broker_config,
+            &mut sigterm,
+            &mut sigint,
+        )
+        .await;
+    }
+    let (listener, bound) = bind_kafka_listener(&config).await?;
+    let mut advertised = config.advertised.clone();
+    if advertised.port == 0 {
+        advertised.port = bound.port();
+    }
+    broker_config.advertised_port = i32::from(advertised.port);
     let clock = SystemClock::new();
     let started = std::time::Instant::now();
     // Recovery reads and checks every partition's unflushed tail: blocking
@@ -756,6 +977,7 @@ async fn run(config: ServerConfig) -> Result<(), String> {
 
     outln!("odradek server");
     outln!("node id: {}", config.node_id);
+    outln!("cluster id: {}", identity.cluster_id);
     outln!("listening on: PLAINTEXT://{bound}");
     outln!("advertised as: {advertised}");
     outln!("data dir: {}", config.log_dir.display());
@@ -811,9 +1033,30 @@ async fn run(config: ServerConfig) -> Result<(), String> {
     }
 }
 
+/// Binds the client listener with the connection settings; returns it
+/// and the address it got (the port, when 0 was asked for).
+pub(crate) async fn bind_kafka_listener(
+    config: &ServerConfig,
+) -> Result<(KafkaListener, SocketAddr), String> {
+    let listen = resolve_listen_addr(&config.listener)?;
+    let listener = KafkaListener::bind(ListenerConfig {
+        listen,
+        max_request_bytes: config.socket_request_max_bytes,
+        connections_max_idle: config.connections_max_idle_ms.map(Duration::from_millis),
+        max_connections: config.max_connections,
+        ..ListenerConfig::default()
+    })
+    .await
+    .map_err(|e| format!("cannot listen on {}: {e}", config.listener))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    Ok((listener, bound))
+}
+
 /// The first address the listener's host resolves to; an empty host is
 /// every IPv4 interface, as Kafka binds it.
-fn resolve_listen_addr(endpoint: &Endpoint) -> Result<SocketAddr, String> {
+pub(crate) fn resolve_listen_addr(endpoint: &Endpoint) -> Result<SocketAddr, String> {
     let host = if endpoint.host.is_empty() {
         "0.0.0.0"
     } else {
@@ -887,6 +1130,8 @@ mod tests {
                 offsets_topic_num_partitions: 50,
                 group: GroupConfig::default(),
                 topic_defaults: BTreeMap::new(),
+                cluster_id: None,
+                cluster: None,
             }
         );
     }
@@ -954,6 +1199,117 @@ mod tests {
                 && warnings[0].contains("num.network.threads"),
             "{warnings:?}"
         );
+    }
+
+    fn cluster_args(roles: &str, voters: &str, node: &str, listeners: &str) -> ServerArgs {
+        ServerArgs {
+            process_roles: Some(roles.into()),
+            controller_quorum_voters: Some(voters.into()),
+            node_id: Some(node.into()),
+            listeners: Some(listeners.into()),
+            ..ServerArgs::default()
+        }
+    }
+
+    #[test]
+    fn cluster_roles_voters_and_listeners() {
+        let voters = "1@127.0.0.1:19092,2@127.0.0.1:19093,3@localhost:19094";
+        let (c, _) = resolve_ok(
+            &cluster_args(
+                "broker,controller",
+                voters,
+                "2",
+                "PLAINTEXT://127.0.0.1:9093,CONTROLLER://127.0.0.1:19093",
+            ),
+            &no_env,
+            None,
+        );
+        let cl = c.cluster.unwrap();
+        assert!(cl.broker && cl.controller);
+        assert_eq!(cl.voters.len(), 3);
+        assert_eq!(cl.voters[&3].host, "localhost");
+        assert_eq!(cl.controller_listener.unwrap().port, 19093);
+        assert_eq!(c.listener.port, 9093);
+        // A broker-only node outside the voters, no controller listener.
+        let (c, _) = resolve_ok(
+            &cluster_args("broker", voters, "4", "PLAINTEXT://127.0.0.1:9095"),
+            &no_env,
+            None,
+        );
+        let cl = c.cluster.unwrap();
+        assert!(cl.broker && !cl.controller && cl.controller_listener.is_none());
+        // A controller-only node needs no PLAINTEXT listener.
+        let (c, _) = resolve_ok(
+            &cluster_args("controller", voters, "1", "CONTROLLER://127.0.0.1:19092"),
+            &no_env,
+            None,
+        );
+        assert!(!c.cluster.unwrap().broker);
+        for (args, want) in [
+            (
+                cluster_args("broker", voters, "1", "PLAINTEXT://127.0.0.1:9092"),
+                "must have the controller role",
+            ),
+            (
+                cluster_args("controller", voters, "7", "PLAINTEXT://127.0.0.1:9092"),
+                "is not",
+            ),
+            (
+                cluster_args("broker,broker", voters, "7", "PLAINTEXT://127.0.0.1:9092"),
+                "twice",
+            ),
+            (
+                cluster_args("zookeeper", voters, "7", "PLAINTEXT://127.0.0.1:9092"),
+                "unknown role",
+            ),
+            (
+                cluster_args("broker", "1@h:1,1@h:2", "7", "PLAINTEXT://127.0.0.1:9092"),
+                "listed twice",
+            ),
+            (
+                cluster_args("broker", "1-h:1", "7", "PLAINTEXT://127.0.0.1:9092"),
+                "ID@HOST:PORT",
+            ),
+            (
+                cluster_args("broker", "x@h:1", "7", "PLAINTEXT://127.0.0.1:9092"),
+                "the id must be",
+            ),
+            (
+                cluster_args("broker", voters, "7", "CONTROLLER://127.0.0.1:1"),
+                "needs a PLAINTEXT listener",
+            ),
+            (
+                ServerArgs {
+                    process_roles: Some("broker".into()),
+                    ..ServerArgs::default()
+                },
+                "controller.quorum.voters must be set",
+            ),
+            (
+                ServerArgs {
+                    controller_quorum_voters: Some(voters.into()),
+                    ..ServerArgs::default()
+                },
+                "process.roles must be set",
+            ),
+            (
+                ServerArgs {
+                    listeners: Some("PLAINTEXT://127.0.0.1:1,CONTROLLER://127.0.0.1:2".into()),
+                    ..ServerArgs::default()
+                },
+                "needs process.roles",
+            ),
+            (
+                ServerArgs {
+                    cluster_id: Some("has space".into()),
+                    ..ServerArgs::default()
+                },
+                "cluster.id",
+            ),
+        ] {
+            let e = resolve_err(&args, &no_env, None);
+            assert!(e.contains(want), "{e:?} should say {want:?}");
+        }
     }
 
     #[test]
