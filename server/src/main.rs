@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use odradek::dev_cmd::{self, DevArgs};
 use odradek::perf::{self, DiskArgs};
 use odradek::server_cmd::{self, ServerArgs};
 use odradek::sim_cmd::{self, RunArgs, ShrinkArgs, SwarmArgs};
@@ -22,8 +23,13 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run a single-node Kafka-compatible broker.
+    /// Run a Kafka-compatible node: a single broker, or with
+    /// `--process-roles` and `--controller-quorum-voters` a broker and/or
+    /// controller of a cluster.
     Server(Box<ServerArgs>),
+    /// Start a local cluster of `odradek server` processes, for trying it
+    /// out; Ctrl-C stops them all.
+    Dev(DevArgs),
     /// The deterministic simulator.
     Sim {
         #[command(subcommand)]
@@ -66,6 +72,7 @@ fn main() -> ExitCode {
     let ok = match &cli.command {
         // It has its own exit codes: 2 for a bad configuration.
         Command::Server(args) => return server_cmd::cmd_server(args),
+        Command::Dev(args) => return dev_cmd::cmd_dev(args),
         Command::Sim { command } => match command {
             SimCommand::Run(args) => sim_cmd::cmd_run(args),
             SimCommand::Swarm(args) => sim_cmd::cmd_swarm(args),
