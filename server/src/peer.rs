@@ -185,7 +185,9 @@ fn check_handshake(config: &PeerConfig, h: &[u8]) -> Result<i32, String> {
     }
     let version = u16::from_be_bytes([h[8], h[9]]);
     if version != VERSION {
-        return Err(format!("peer protocol version {version}, expected {VERSION}"));
+        return Err(format!(
+            "peer protocol version {version}, expected {VERSION}"
+        ));
     }
     let node = i32::from_be_bytes([h[10], h[11], h[12], h[13]]);
     let len = u16::from_be_bytes([h[14], h[15]]) as usize;
