@@ -448,3 +448,66 @@ fn odradek_dev_starts_three_nodes_and_stops_them_on_sigint() {
         );
     }
 }
+
+#[test]
+fn a_controller_only_node_and_two_broker_only_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(3);
+    let voters = format!("1@127.0.0.1:{}", ports[0]);
+    let start = |id: &str, roles: &str, listeners: String| {
+        Proc(
+            Command::new(env!("CARGO_BIN_EXE_odradek"))
+                .args([
+                    "server",
+                    "--node-id",
+                    id,
+                    "--process-roles",
+                    roles,
+                    "--controller-quorum-voters",
+                    &voters,
+                    "--listeners",
+                    &listeners,
+                    "--cluster-id",
+                    "roles-test",
+                    "--log-dirs",
+                ])
+                .arg(dir.path().join(id))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let _controller = start(
+        "1",
+        "controller",
+        format!("CONTROLLER://127.0.0.1:{}", ports[0]),
+    );
+    let _b4 = start("4", "broker", format!("PLAINTEXT://127.0.0.1:{}", ports[1]));
+    let _b5 = start("5", "broker", format!("PLAINTEXT://127.0.0.1:{}", ports[2]));
+    for port in [ports[1], ports[2]] {
+        wait_for("both brokers in Metadata", || {
+            metadata(port, None)
+                .ok()
+                .filter(|m| brokers(m) == [4, 5].into())
+        });
+    }
+    // The controller serves no clients: it has no Kafka listener at all.
+    let created = wait_for("CreateTopics through a broker-only node", || {
+        create_topic(ports[2], "split", 2)
+            .ok()
+            .filter(|r| r.topics[0].error_code == 0)
+    });
+    assert_eq!(created.topics[0].num_partitions, 2);
+    let m = wait_for("the topic on the other broker", || {
+        metadata(ports[1], Some(&["split"]))
+            .ok()
+            .filter(|m| m.topics[0].error_code == 0)
+    });
+    let leaders: BTreeSet<i32> = m.topics[0]
+        .partitions
+        .iter()
+        .map(|p| p.leader_id.0)
+        .collect();
+    assert!(leaders.is_subset(&[4, 5].into()), "{leaders:?}");
+}
