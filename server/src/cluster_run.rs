@@ -15,12 +15,12 @@ use tokio::signal::unix::Signal;
 use tokio::sync::watch;
 
 use crate::broker_thread::{self, BrokerHandle, Engine, SystemClock};
-use crate::disk::FsDisk;
 use crate::format::Identity;
 use crate::outln;
 use crate::peer::{self, PeerConfig};
 use crate::server_cmd::{
-    bind_kafka_listener, resolve_listen_addr, ClusterSettings, Endpoint, ServerConfig,
+    bind_kafka_listener, open_data_dir, resolve_listen_addr, ClusterSettings, Endpoint,
+    ServerConfig,
 };
 
 /// The cluster node with the randomness its elections draw from.
@@ -110,19 +110,11 @@ pub async fn run(
     node_config.broker = broker_config;
     let clock = SystemClock::new();
     let mut rng = os_seeded_rng()?;
-    let disk = FsDisk::new(config.log_dir.clone());
     let started = std::time::Instant::now();
-    let engine = tokio::task::spawn_blocking(move || {
+    let engine = open_data_dir(&config.log_dir, move |disk| {
         Node::open(disk, node_config, &clock, &mut rng).map(|node| ClusterEngine { node, rng })
     })
-    .await
-    .map_err(|e| format!("recovery panicked: {e}"))?
-    .map_err(|e| {
-        format!(
-            "cannot open the data directory {}: {e}",
-            config.log_dir.display()
-        )
-    })?;
+    .await?;
     tracing::info!(
         recovery_ms = started.elapsed().as_millis() as u64,
         "data directory recovered"

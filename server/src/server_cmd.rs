@@ -954,18 +954,10 @@ async fn run(config: ServerConfig) -> Result<(), String> {
     broker_config.advertised_port = i32::from(advertised.port);
     let clock = SystemClock::new();
     let started = std::time::Instant::now();
-    // Recovery reads and checks every partition's unflushed tail: blocking
-    // work, kept off the runtime's workers.
-    let disk = FsDisk::new(config.log_dir.clone());
-    let broker = tokio::task::spawn_blocking(move || Broker::open(disk, broker_config, &clock))
-        .await
-        .map_err(|e| format!("recovery panicked: {e}"))?
-        .map_err(|e| {
-            format!(
-                "cannot open the data directory {}: {e}",
-                config.log_dir.display()
-            )
-        })?;
+    let broker = open_data_dir(&config.log_dir, move |disk| {
+        Broker::open(disk, broker_config, &clock)
+    })
+    .await?;
     let topics = broker.topic_names().len();
     tracing::info!(
         topics,
@@ -1031,6 +1023,20 @@ async fn run(config: ServerConfig) -> Result<(), String> {
         }
         (Err(e), Ok(())) => Err(e.clone()),
     }
+}
+
+/// Opens the data directory with `open`, off the runtime's workers:
+/// recovery reads and checks every partition's unflushed tail, blocking
+/// work.
+pub(crate) async fn open_data_dir<T: Send + 'static>(
+    dir: &Path,
+    open: impl FnOnce(FsDisk) -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    let disk = FsDisk::new(dir.to_path_buf());
+    tokio::task::spawn_blocking(move || open(disk))
+        .await
+        .map_err(|e| format!("recovery panicked: {e}"))?
+        .map_err(|e| format!("cannot open the data directory {}: {e}", dir.display()))
 }
 
 /// Binds the client listener with the connection settings; returns it
