@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
@@ -20,6 +20,7 @@ use super::*;
 use crate::io::clock::ManualClock;
 use crate::io::disk::mem::MemDisk;
 use crate::kafka::error;
+use crate::kafka::tests::{request, response};
 use crate::storage::batch::{self, BatchBuilder};
 
 const COMBINED: Roles = Roles {
@@ -243,30 +244,6 @@ impl Cluster {
 
 fn topic_name(s: &str) -> TopicName {
     TopicName(StrBytes::from_string(s.to_string()))
-}
-
-fn request<T: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body: &T) -> Vec<u8> {
-    let mut out = BytesMut::new();
-    RequestHeader::default()
-        .with_request_api_key(key as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(correlation_id)
-        .with_client_id(Some(StrBytes::from_static_str("test")))
-        .encode(&mut out, key.request_header_version(version))
-        .unwrap();
-    body.encode(&mut out, version).unwrap();
-    out.to_vec()
-}
-
-fn response<T: Decodable>(key: ApiKey, version: i16, outcome: FrameOutcome) -> (i32, T) {
-    let FrameOutcome::Respond(bytes) = outcome else {
-        panic!("expected a response, got {outcome:?}");
-    };
-    let mut buf = Bytes::from(bytes);
-    let header = ResponseHeader::decode(&mut buf, key.response_header_version(version)).unwrap();
-    let body = T::decode(&mut buf, version).unwrap();
-    assert!(!buf.has_remaining(), "response has trailing bytes");
-    (header.correlation_id, body)
 }
 
 /// A partition as Metadata shows it: index, leader, replicas, ISR, error.

@@ -1014,5 +1014,6 @@ fn remove_dir_files<D: Disk>(d: &D, dir: &str) -> disk::DiskResult<()> {
     }
 }
 
+// Its request framing helpers serve the cluster tests too.
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

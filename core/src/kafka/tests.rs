@@ -257,7 +257,12 @@ fn fetched_values(records: &Option<Bytes>) -> Vec<(i64, String)> {
 }
 
 /// A request as a client would frame it (without the size prefix).
-fn request<T: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body: &T) -> Vec<u8> {
+pub(crate) fn request<T: Encodable>(
+    key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &T,
+) -> Vec<u8> {
     let mut out = BytesMut::new();
     RequestHeader::default()
         .with_request_api_key(key as i16)
@@ -270,7 +275,7 @@ fn request<T: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body: &
     out.to_vec()
 }
 
-fn response<T: Decodable>(key: ApiKey, version: i16, outcome: FrameOutcome) -> (i32, T) {
+pub(crate) fn response<T: Decodable>(key: ApiKey, version: i16, outcome: FrameOutcome) -> (i32, T) {
     let FrameOutcome::Respond(bytes) = outcome else {
         panic!("expected a response, got {outcome:?}");
     };
