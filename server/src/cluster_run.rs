@@ -80,9 +80,12 @@ pub async fn run(
             .clone()
             .unwrap_or_else(|| cluster.voters[&config.node_id].clone());
         let addr = resolve_listen_addr(&endpoint)?;
-        let l = peer::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen for controllers on {endpoint}: {e}"))?;
+        let l = peer::bind(addr).await.map_err(|e| {
+            format!(
+                "cannot listen for controllers on CONTROLLER://{}:{}: {e}",
+                endpoint.host, endpoint.port
+            )
+        })?;
         Some((endpoint, l))
     } else {
         None
